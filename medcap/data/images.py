@@ -1,0 +1,101 @@
+"""Robust image loading and open_clip preprocessing.
+
+Medical images arrive as 8-bit grayscale, 16-bit grayscale (CT/MR exports), palette, CMYK, RGBA
+and the odd truncated file. :func:`load_image` returns an RGB PIL image or raises
+:class:`ImageLoadError` with the reason; nothing else leaks out of PIL.
+"""
+
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import open_clip
+import PIL.Image
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+# PIL's own default bound (~89.5 MP); larger images are refused before any pixel is decoded.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+
+
+class ImageLoadError(ValueError):
+    """An image that is missing, unreadable, truncated, or too large."""
+
+
+def load_image(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> PIL.Image.Image:
+    """Open, fully decode and convert an image to 8-bit RGB.
+
+    Conversions: grayscale/palette -> RGB; 16-bit and float grayscale -> min-max windowed to 8 bit;
+    CMYK -> RGB; images with alpha are composited onto black (the background of most scans).
+
+    Args:
+        path (Path): image file.
+        max_pixels (int): refuse larger images (decompression-bomb guard), checked from the header.
+
+    Returns:
+        PIL.Image.Image: an RGB image.
+
+    Raises:
+        ImageLoadError: missing, undecodable, truncated or too large.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(f"image not found: {path}")
+    try:
+        with PIL.Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageLoadError(
+                    f"image too large: {width}x{height} = {width * height} pixels exceeds max_image_pixels={max_pixels} "
+                    f"(possible decompression bomb): {path}"
+                )
+            image.load()
+            return _to_rgb(image)
+    except ImageLoadError:
+        raise
+    except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as error:
+        raise ImageLoadError(f"cannot decode image {path}: {error}") from error
+
+
+def _to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        low, high = pixels.min(), pixels.max()
+        scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
+        return PIL.Image.fromarray(scaled.round().astype(np.uint8), mode="L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = PIL.Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return PIL.Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_clip_image_transform(
+    image_size: int = 224,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    train_augmentation: bool = False,
+) -> Callable:
+    """open_clip's preprocessing (BiomedCLIP's by default).
+
+    Eval: resize the short side to ``image_size`` (bicubic), center crop, CLIP mean/std. With
+    ``train_augmentation`` open_clip's train transform: random resized crop (scale 0.9-1.0, bicubic).
+
+    Args:
+        image_size (int): output side.
+        mean (Optional[Sequence[float]]): per-channel mean; CLIP's by default.
+        std (Optional[Sequence[float]]): per-channel std; CLIP's by default.
+        train_augmentation (bool): use the train-time transform.
+
+    Returns:
+        Callable: PIL image -> ``[3, image_size, image_size]`` float tensor.
+    """
+    return open_clip.image_transform(
+        image_size,
+        is_train=train_augmentation,
+        mean=tuple(mean or OPENAI_DATASET_MEAN),
+        std=tuple(std or OPENAI_DATASET_STD),
+        interpolation="bicubic",
+        resize_mode="shortest",
+    )

@@ -1,0 +1,107 @@
+"""The model transform: messages -> token ids with image placeholders, labels and pixels.
+
+A chat tokenizer following torchtune's ``ModelTokenizer`` contract emits one image id per image
+content item. This transform widens each into ``num_image_tokens`` placeholders (one per image
+embedding the projector produces), builds labels (only unmasked, i.e. assistant, tokens are
+trained) and truncates without ever cutting an image or losing the first answer.
+"""
+
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from torchtune.data import Message
+
+CROSS_ENTROPY_IGNORE_IDX = -100
+
+
+def image_token_id_of(tokenizer: Any) -> int:
+    """The image placeholder id of a tokenizer (``image_token_id`` or torchtune's ``image_id``)."""
+    token_id = getattr(tokenizer, "image_token_id", None)
+    if token_id is None:
+        token_id = getattr(tokenizer, "image_id", None)
+    if token_id is None:
+        raise ValueError(f"{type(tokenizer).__name__} has no image placeholder token (image_token_id / image_id)")
+    return token_id
+
+
+class SequenceTooLongError(ValueError):
+    """A record that cannot be truncated to ``max_seq_len`` without losing an image or its answer."""
+
+
+class MedcapTransform:
+    """Tokenize messages for a :class:`~medcap.models.fusion.MedcapModel`.
+
+    Args:
+        tokenizer: a torchtune-style chat tokenizer (``tokenize_messages``, ``pad_id``, an image id).
+        num_image_tokens (int): placeholders per image (the model's ``num_image_tokens``).
+        max_seq_len (int): longest token sequence.
+        image_transform (Optional[Callable]): PIL image -> ``[3, h, w]`` tensor.
+    """
+
+    def __init__(
+        self, tokenizer: Any, num_image_tokens: int, max_seq_len: int, image_transform: Optional[Callable] = None
+    ):
+        self.tokenizer = tokenizer
+        self.num_image_tokens = num_image_tokens
+        self.max_seq_len = max_seq_len
+        self.image_transform = image_transform
+        self.image_token_id = image_token_id_of(tokenizer)
+        self.pad_id = tokenizer.pad_id
+
+    def tokenize(self, messages: List[Message], *, add_end_tokens: bool = True) -> Tuple[List[int], List[int]]:
+        """Token ids and labels for a conversation.
+
+        Args:
+            messages (List[Message]): the conversation; image items mark where images go.
+            add_end_tokens (bool): False for a generation prompt (ends with the assistant header).
+
+        Returns:
+            Tuple[List[int], List[int]]: ``tokens`` and ``labels`` of equal length; labels are the
+            token ids where trained and ``-100`` elsewhere (they are shifted by the loss).
+
+        Raises:
+            SequenceTooLongError: if truncation would cut an image or the first answer.
+        """
+        raw_tokens, raw_mask = self.tokenizer.tokenize_messages(messages, add_end_tokens=add_end_tokens)
+        tokens: List[int] = []
+        masked: List[bool] = []
+        for token, is_masked in zip(raw_tokens, raw_mask):
+            repeat = self.num_image_tokens if token == self.image_token_id else 1
+            tokens += [token] * repeat
+            masked += [True if token == self.image_token_id else is_masked] * repeat
+        labels = [CROSS_ENTROPY_IGNORE_IDX if m else t for t, m in zip(tokens, masked)]
+        if len(tokens) > self.max_seq_len:
+            self._check_truncation(tokens, labels)
+            tokens, labels = tokens[: self.max_seq_len], labels[: self.max_seq_len]
+        return tokens, labels
+
+    def _check_truncation(self, tokens: List[int], labels: List[int]) -> None:
+        limit = self.max_seq_len
+        if self.image_token_id in tokens[limit:]:
+            last_placeholder = len(tokens) - tokens[::-1].index(self.image_token_id)
+            raise SequenceTooLongError(
+                f"max_seq_len={limit} would cut image placeholders (the image ends at token {last_placeholder}, "
+                f"sequence has {len(tokens)} tokens); raise max_seq_len"
+            )
+        first = next((i for i, label in enumerate(labels) if label != CROSS_ENTROPY_IGNORE_IDX), None)
+        if first is None:
+            return  # a generation prompt: nothing trained
+        end_of_first_answer = next(
+            (i for i in range(first, len(labels)) if labels[i] == CROSS_ENTROPY_IGNORE_IDX), len(labels)
+        )
+        if end_of_first_answer > limit:
+            raise SequenceTooLongError(
+                f"max_seq_len={limit} would cut the first answer (it ends at token {end_of_first_answer}, "
+                f"sequence has {len(tokens)} tokens); raise max_seq_len or shorten the record"
+            )
+
+    def __call__(self, sample: Dict[str, Any]) -> Dict[str, Any]:
+        """Transform ``{"messages": [...], "image": PIL or None}`` into model inputs.
+
+        Returns:
+            Dict[str, Any]: ``tokens``, ``labels`` and ``image`` (a ``[3, h, w]`` tensor or None).
+        """
+        tokens, labels = self.tokenize(sample["messages"])
+        image = sample.get("image")
+        if image is not None and self.image_transform is not None:
+            image = self.image_transform(image)
+        return {"tokens": tokens, "labels": labels, "image": image}

@@ -1,0 +1,289 @@
+"""Train a vision tower + projector in front of a frozen decoder on one device.
+
+Launch (from the repository root)::
+
+    PYTHONPATH=. tune run recipes/full_finetune_single_device.py --config recipes/configs/medcap/tiny_cpu.yaml
+    python recipes/full_finetune_single_device.py --config recipes/configs/medcap/tiny_cpu.yaml epochs=1
+
+The decoder is loaded with a torchtune checkpointer and stays frozen. After every epoch the image
+encoder (tower + projector) is saved as ``output_dir/epoch_{n}/image_encoder.safetensors`` with
+the recipe state beside it; ``resume_from_checkpoint=True`` continues from the last epoch exactly.
+"""
+
+import logging
+import math
+import os
+import random
+import resource
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+if __package__ in (None, ""):  # `python recipes/x.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, DistributedSampler
+from torchtune import config, modules, training, utils
+from tqdm import tqdm
+
+from medcap import config as medcap_config
+from medcap.checkpoint import atomic_write, load_image_encoder_weights, load_recipe_state, save_image_encoder, save_recipe_state
+from medcap.data import MedcapTransform, padded_collate_images
+from medcap.models import set_trainable
+from medcap.training import LabelPositionCrossEntropy
+
+log = logging.getLogger("medcap")
+
+
+class FullFinetuneRecipeSingleDevice:
+    """Trains the image side of a :class:`~medcap.models.MedcapModel`; the decoder stays frozen.
+
+    Config knobs (all overridable as ``key=value``): ``device`` (cpu/cuda), ``dtype`` (fp32/bf16),
+    ``seed``, ``epochs``, ``max_steps_per_epoch``, ``batch_size``, ``gradient_accumulation_steps``,
+    ``optimizer`` (AdamW or bitsandbytes AdamW8bit), ``optimizer_in_bwd``, ``lr_scheduler``,
+    ``clip_grad_norm``, ``enable_activation_checkpointing``, ``trainable`` (projector /
+    encoder_and_projector / last_k_blocks with ``trainable_last_k_blocks``), ``vision_checkpoint``,
+    ``resume_from_checkpoint``, ``metric_logger``, ``log_every_n_steps``, ``output_dir``.
+    """
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self._device = utils.get_device(cfg.device)
+        self._dtype = training.get_dtype(cfg.dtype, device=self._device)
+        self._output_dir = Path(cfg.output_dir)
+        self._seed = training.set_seed(seed=cfg.seed)
+        self.epochs = cfg.epochs
+        self.max_steps_per_epoch = cfg.get("max_steps_per_epoch", None)
+        self._gradient_accumulation_steps = cfg.get("gradient_accumulation_steps", 1)
+        self._optimizer_in_bwd = cfg.get("optimizer_in_bwd", False)
+        self._clip_grad_norm = cfg.get("clip_grad_norm", None)
+        self._log_every_n_steps = cfg.get("log_every_n_steps", 1)
+        self._log_peak_memory_stats = cfg.get("log_peak_memory_stats", True)
+        self._resume_from_checkpoint = cfg.get("resume_from_checkpoint", False)
+        if self._optimizer_in_bwd and (self._gradient_accumulation_steps > 1 or self._clip_grad_norm):
+            raise ValueError("optimizer_in_bwd=True needs gradient_accumulation_steps=1 and clip_grad_norm=null")
+        self.epochs_run = 0
+        self.global_step = 0
+
+    def setup(self, cfg: DictConfig) -> None:
+        """Build model, data, optimizer, scheduler and logger; restore state when resuming."""
+        self._metric_logger = config.instantiate(cfg.metric_logger)
+        self._metric_logger.log_config(cfg)
+        state = self._latest_state() if self._resume_from_checkpoint else None
+
+        self._model = self._setup_model(cfg, state_dir=state["_dir"] if state else None)
+        self._tokenizer = medcap_config.instantiate(cfg.tokenizer)
+        transform = MedcapTransform(
+            self._tokenizer,
+            num_image_tokens=self._model.num_image_tokens,
+            max_seq_len=cfg.max_seq_len,
+            image_transform=medcap_config.instantiate(cfg.image_transform),
+        )
+        self._dataset = medcap_config.instantiate(cfg.dataset, model_transform=transform)
+        self._sampler = DistributedSampler(self._dataset, num_replicas=1, rank=0, shuffle=cfg.shuffle, seed=cfg.seed)
+        self._dataloader = DataLoader(
+            self._dataset,
+            batch_size=cfg.batch_size,
+            sampler=self._sampler,
+            num_workers=cfg.get("num_workers", 0),
+            collate_fn=partial(padded_collate_images, pad_id=self._tokenizer.pad_id),
+            drop_last=False,
+        )
+        self._loss_fn = LabelPositionCrossEntropy()
+
+        self._setup_optimizer(cfg.optimizer)
+        steps_per_epoch = math.ceil(len(self._dataloader) / self._gradient_accumulation_steps)
+        if self.max_steps_per_epoch is not None:
+            steps_per_epoch = min(steps_per_epoch, self.max_steps_per_epoch)
+        self._steps_per_epoch = steps_per_epoch
+        self._lr_scheduler = self._setup_lr_scheduler(cfg.get("lr_scheduler", None), steps_per_epoch * self.epochs)
+        if state is not None:
+            self._restore(state)
+        atomic_write(self._output_dir / "config.yaml", lambda temp: OmegaConf.save(cfg, temp, resolve=True))
+        log.info(
+            "Trainable parameters: %s (%s tensors); dataset %s: %d samples, %d skipped",
+            f"{sum(p.numel() for p in self._trainable_params):,}", len(self._trainable_params),
+            self._dataset.source, len(self._dataset), len(self._dataset.skipped),
+        )
+
+    def _setup_model(self, cfg: DictConfig, state_dir: Optional[Path]) -> torch.nn.Module:
+        with training.set_default_dtype(self._dtype), self._device:
+            model = medcap_config.instantiate(cfg.model)
+        decoder_state = config.instantiate(cfg.checkpointer).load_checkpoint()[training.MODEL_KEY]
+        model.decoder.load_state_dict(decoder_state)
+        vision_checkpoint = state_dir or cfg.get("vision_checkpoint", None)
+        if vision_checkpoint:
+            load_image_encoder_weights(Path(vision_checkpoint), model.image_encoder)
+            log.info("Image encoder initialised from %s", vision_checkpoint)
+        self._trainable_names = set_trainable(model, cfg.get("trainable", "encoder_and_projector"), cfg.get("trainable_last_k_blocks", None))
+        if cfg.get("enable_activation_checkpointing", False):
+            training.set_activation_checkpointing(model.decoder, auto_wrap_policy={modules.TransformerSelfAttentionLayer})
+        model.to(device=self._device, dtype=self._dtype)
+        model.train()
+        model.decoder.eval()  # frozen: no dropout
+        named = dict(model.named_parameters())
+        self._trainable_params = [named[name] for name in self._trainable_names]
+        return model
+
+    def _setup_optimizer(self, cfg_optimizer: DictConfig) -> None:
+        if self._optimizer_in_bwd:
+            optim_dict = {p: config.instantiate(cfg_optimizer, [p]) for p in self._trainable_params}
+            training.register_optim_in_bwd_hooks(model=self._model, optim_dict=optim_dict)
+            named = dict(self._model.named_parameters())
+            self._optim_wrapper = training.OptimizerInBackwardWrapper({n: optim_dict[named[n]] for n in self._trainable_names})
+            self._optimizer = None
+        else:
+            self._optimizer = config.instantiate(cfg_optimizer, self._trainable_params)
+
+    def _setup_lr_scheduler(self, cfg_lr_scheduler: Optional[DictConfig], num_training_steps: int):
+        if cfg_lr_scheduler is None:
+            return None
+        optimizer = next(iter(self._optim_wrapper.optim_map.values())) if self._optimizer_in_bwd else self._optimizer
+        scheduler = config.instantiate(cfg_lr_scheduler, optimizer, num_training_steps=num_training_steps)
+        if self._optimizer_in_bwd:
+            self._optim_wrapper.set_lr_scheduler(scheduler)
+        return scheduler
+
+    def _latest_state(self) -> Dict[str, Any]:
+        epochs = sorted(
+            (int(p.name.split("_")[1]), p) for p in self._output_dir.glob("epoch_*") if p.name.split("_")[1].isdigit()
+        )
+        if not epochs:
+            raise FileNotFoundError(f"resume_from_checkpoint=True but {self._output_dir} holds no epoch_* checkpoint")
+        state = load_recipe_state(epochs[-1][1])
+        state["_dir"] = epochs[-1][1]
+        return state
+
+    def _restore(self, state: Dict[str, Any]) -> None:
+        if state["seed"] != self._seed or state["total_epochs"] != self.epochs or state["max_steps_per_epoch"] != self.max_steps_per_epoch:
+            log.warning("Resuming with changed seed/epochs/max_steps_per_epoch: the run will not match an uninterrupted one")
+        self.epochs_run, self.global_step = state["epochs_run"], state["global_step"]
+        if self._optimizer_in_bwd:
+            self._optim_wrapper.load_state_dict(state["optimizer"])
+        else:
+            self._optimizer.load_state_dict(state["optimizer"])
+        if self._lr_scheduler is not None and state.get("lr_scheduler") is not None:
+            self._lr_scheduler.load_state_dict(state["lr_scheduler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if torch.cuda.is_available() and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        random.setstate(state["rng_python"])
+        log.info("Resumed from %s: %d epochs done, step %d", state["_dir"], self.epochs_run, self.global_step)
+
+    def save_checkpoint(self, epoch: int) -> None:
+        """Save the image encoder and the recipe state of a finished epoch (atomic writes)."""
+        epoch_dir = self._output_dir / f"epoch_{epoch}"
+        save_image_encoder(self._model.image_encoder, epoch_dir, metadata={"epoch": str(epoch), "format": "medcap"})
+        optimizer_state = self._optim_wrapper.state_dict() if self._optimizer_in_bwd else self._optimizer.state_dict()
+        save_recipe_state(
+            {
+                "epochs_run": epoch + 1,
+                "global_step": self.global_step,
+                "seed": self._seed,
+                "total_epochs": self.epochs,
+                "max_steps_per_epoch": self.max_steps_per_epoch,
+                "optimizer": optimizer_state,
+                "lr_scheduler": self._lr_scheduler.state_dict() if self._lr_scheduler is not None else None,
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "rng_python": random.getstate(),
+            },
+            epoch_dir,
+        )
+        log.info("Saved %s", epoch_dir)
+
+    def train(self) -> None:
+        """Run the epochs; log loss, lr, tokens/s and peak memory; save after every epoch."""
+        accumulation = self._gradient_accumulation_steps
+        for epoch in range(self.epochs_run, self.epochs):
+            self._sampler.set_epoch(epoch)
+            progress = tqdm(total=self._steps_per_epoch, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not sys.stderr.isatty() and os.environ.get("MEDCAP_PROGRESS") != "1")
+            loss_sum, num_tokens, seen_tokens, t0 = 0.0, 0, 0, time.perf_counter()
+            step_in_epoch = 0
+            for index, batch in enumerate(self._dataloader):
+                if step_in_epoch >= self._steps_per_epoch:
+                    break
+                tokens = batch["tokens"].to(self._device)  # [b, s]
+                labels = batch["labels"].to(self._device)  # [b, s]
+                images = batch["images"].to(self._device, self._dtype) if batch["images"] is not None else None
+                hidden = self._model(tokens, images=images)  # [b, s, d]
+                batch_loss, batch_tokens = self._loss_fn(hidden, labels, self._model.lm_head)
+                seen_tokens += int((tokens != self._tokenizer.pad_id).sum())
+                if self._optimizer_in_bwd:
+                    (batch_loss / max(batch_tokens, 1)).backward()
+                else:
+                    batch_loss.backward()  # gradients are divided by the tokens of the whole step below
+                loss_sum += batch_loss.item()
+                num_tokens += batch_tokens
+                if (index + 1) % accumulation != 0 and index + 1 != len(self._dataloader):
+                    continue
+                lr = self._current_lr()  # the rate this step uses
+                grad_norm = self._optimizer_step(num_tokens)
+                step_in_epoch += 1
+                self.global_step += 1
+                loss = loss_sum / max(num_tokens, 1)
+                elapsed = time.perf_counter() - t0
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{seen_tokens / elapsed:.0f}")
+                if self.global_step % self._log_every_n_steps == 0:
+                    self._log(loss, lr, grad_norm, seen_tokens / elapsed)
+                loss_sum, num_tokens, seen_tokens, t0 = 0.0, 0, 0, time.perf_counter()
+            progress.close()
+            self.epochs_run = epoch + 1
+            self.save_checkpoint(epoch)
+
+    def _optimizer_step(self, num_tokens: int) -> Optional[torch.Tensor]:
+        grad_norm = None
+        if not self._optimizer_in_bwd:
+            for param in self._trainable_params:  # mean over every labelled token of the step
+                if param.grad is not None:
+                    param.grad.div_(max(num_tokens, 1))
+            if self._clip_grad_norm is not None:
+                grad_norm = torch.nn.utils.clip_grad_norm_(self._trainable_params, max_norm=float(self._clip_grad_norm))
+            self._optimizer.step()
+            self._optimizer.zero_grad(set_to_none=True)
+        if self._lr_scheduler is not None:
+            self._lr_scheduler.step()
+        return grad_norm
+
+    def _current_lr(self) -> float:
+        if self._optimizer_in_bwd:
+            return self._optim_wrapper.get_optim_key("lr")
+        return self._optimizer.param_groups[0]["lr"]
+
+    def _log(self, loss: float, lr: float, grad_norm: Optional[torch.Tensor], tokens_per_second: float) -> None:
+        metrics = {"loss": loss, "lr": lr, "tokens_per_second": tokens_per_second}
+        if grad_norm is not None:
+            metrics["grad_norm"] = float(grad_norm)
+        if self._log_peak_memory_stats:
+            metrics.update(_peak_memory(self._device))
+        self._metric_logger.log_dict(metrics, step=self.global_step)
+
+    def cleanup(self) -> None:
+        """Close the metric logger."""
+        self._metric_logger.close()
+
+
+def _peak_memory(device: torch.device) -> Dict[str, float]:
+    if device.type == "cuda":
+        stats = training.get_memory_stats(device=device)
+        return {"peak_memory_alloc_gib": stats["peak_memory_alloc"], "peak_memory_reserved_gib": stats["peak_memory_reserved"]}
+    return {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}
+
+
+@config.parse
+def recipe_main(cfg: DictConfig) -> None:
+    """Entry point for ``tune run`` and ``python recipes/full_finetune_single_device.py``."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s: %(message)s")
+    config.log_config(recipe_name="FullFinetuneRecipeSingleDevice", cfg=cfg)
+    recipe = FullFinetuneRecipeSingleDevice(cfg=cfg)
+    recipe.setup(cfg=cfg)
+    recipe.train()
+    recipe.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(recipe_main())
