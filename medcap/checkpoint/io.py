@@ -105,7 +105,7 @@ def load_image_encoder_weights(path: Path, image_encoder: nn.Module) -> Dict[str
         except Exception as error:  # pickle with code, truncated file, ...
             raise ValueError(f"{path}: cannot load with weights_only=True ({error})") from error
         state_dict = _from_medcap_original(legacy, path)
-    _check_compatible(state_dict, image_encoder.state_dict(), path)
+    check_state_dict_fits(state_dict, image_encoder.state_dict(), path, what="this model's image encoder")
     image_encoder.load_state_dict(state_dict)
     return state_dict
 
@@ -121,7 +121,10 @@ def _from_medcap_original(legacy: Any, path: Path) -> Dict[str, torch.Tensor]:
     return state_dict
 
 
-def _check_compatible(loaded: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], path: Path) -> None:
+def check_state_dict_fits(
+    loaded: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], path: Path, what: str
+) -> None:
+    """Raise a ValueError naming the first missing, unexpected and wrongly shaped keys."""
     missing = sorted(set(expected) - set(loaded))
     unexpected = sorted(set(loaded) - set(expected))
     wrong_shape = [
@@ -137,4 +140,4 @@ def _check_compatible(loaded: Mapping[str, torch.Tensor], expected: Mapping[str,
             problems.append(f"{len(missing)} missing keys, e.g. {missing[:3]}")
         if unexpected:
             problems.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[:3]}")
-        raise ValueError(f"{path}: checkpoint does not fit this model's image encoder: " + "; ".join(problems))
+        raise ValueError(f"{path}: checkpoint does not fit {what}: " + "; ".join(problems))

@@ -30,6 +30,8 @@ from open_clip.timm_model import TimmModel
 from safetensors.torch import load_file
 from torch import nn
 
+from medcap.checkpoint.io import check_state_dict_fits
+
 _WEIGHT_FILES = (
     "open_clip_model.safetensors",
     "open_clip_pytorch_model.safetensors",
@@ -190,9 +192,5 @@ def _load_visual_state_dict(visual: nn.Module, path: Path) -> None:
     state_dict: Dict[str, torch.Tensor] = state_dict.get("state_dict", state_dict)
     if any(key.startswith("visual.") for key in state_dict):
         state_dict = {k[len("visual."):]: v for k, v in state_dict.items() if k.startswith("visual.")}
-    missing, unexpected = visual.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: vision weights do not match the configured tower "
-            f"(missing {sorted(missing)[:5]}..., unexpected {sorted(unexpected)[:5]}...)"
-        )
+    check_state_dict_fits(state_dict, visual.state_dict(), path, what="the configured vision tower")
+    visual.load_state_dict(state_dict)
