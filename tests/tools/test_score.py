@@ -1,0 +1,145 @@
+"""tools/score.py end to end: CSV in, one JSON object of percentages out (via subprocess)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCORE = REPO_ROOT / "tools" / "score.py"
+REQUIRED_KEYS = (
+    "llava_med_open_recall",
+    "llava_med_closed_accuracy",
+    "closed_accuracy",
+    "open_exact_match",
+    "bleu1",
+    "token_f1",
+)
+
+# Per row: exact | LLaVA-Med rule / recall | Med-PaLM BLEU-1 | token F1
+#  1 CLOSED PRES  "No" / "No, there is no nodule."  0 | 1        | 1/5 | 1/3
+#  2 CLOSED PRES  "Yes" / "The liver looks normal."  0 | 0 ("no" in "normal", no "yes") | 0 | 0
+#  3 CLOSED POS   "left" / "left"                    1 | 0 (no yes/no in prediction) | 1 | 1
+#  4 OPEN ORGAN   "left lung" / "left left left"     0 | recall 3/4 | 1/3 | 2/5
+#  5 OPEN COUNT   "None" / "none"                    1 | 1 (both normalise to "0") | 1 | 1
+#  6 OPEN (none)  "NA" / "NA"                        1 | 1         | 1   | 1
+CSV_TEXT = (
+    "question,reference,prediction,answer_type,question_type\n"
+    'Is there a nodule?,No,"No, there is no nodule.",CLOSED,PRES\n'
+    "Is the liver normal?,Yes,The liver looks normal.,closed ,PRES\n"
+    "Which side?,left,left, CLOSED,POS\n"
+    "What organ?,left lung,left left left,OPEN,ORGAN\n"
+    "How many lesions?,None,none,Open,COUNT\n"
+    "What is abnormal?,NA,NA,OPEN,\n"
+)
+
+
+def run_score(*args, cwd=REPO_ROOT):
+    return subprocess.run(
+        [sys.executable, str(SCORE), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def write(tmp_path, text, name="predictions.csv"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_cli_end_to_end(tmp_path):
+    result = run_score(write(tmp_path, CSV_TEXT), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    assert scores["closed_accuracy"] == 33.33  # 1 of 3
+    assert scores["llava_med_closed_accuracy"] == 33.33  # 1 of 3, every CLOSED row counts
+    assert scores["open_exact_match"] == 66.67  # "None"/"none" and "NA"/"NA" are text answers
+    assert scores["llava_med_open_recall"] == 91.67  # (3/4 + 1 + 1) / 3
+    assert scores["bleu1"] == 58.89  # (1/5 + 0 + 1 + 1/3 + 1 + 1) / 6
+    assert scores["token_f1"] == 62.22  # (1/3 + 0 + 1 + 2/5 + 1 + 1) / 6
+    assert scores["exact_match"] == 50.0
+    assert scores["bleu1/answer_type=CLOSED"] == 40.0
+    assert scores["closed_accuracy/question_type=PRES"] == 0.0
+    assert scores["llava_med_closed_accuracy/question_type=PRES"] == 50.0
+    assert scores["closed_accuracy/question_type=POS"] == 100.0
+    assert scores["llava_med_open_recall/question_type=ORGAN"] == 75.0
+    assert "llava_med_open_recall/question_type=PRES" not in scores
+    assert all(not key.endswith("question_type=") for key in scores)  # empty type = unknown
+
+
+def test_cli_protocol_selection(tmp_path):
+    path = write(tmp_path, CSV_TEXT)
+    result = run_score(path, "--protocol", "medpalm")
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    assert {key.split("/")[0] for key in scores} == {"bleu1", "token_f1"}
+    result = run_score(path, "--protocol", "llava_med", "--protocol", "exact")
+    assert {key.split("/")[0] for key in json.loads(result.stdout)} == {
+        "llava_med_open_recall",
+        "llava_med_closed_accuracy",
+        "closed_accuracy",
+        "open_exact_match",
+        "exact_match",
+    }
+    result = run_score(path, "--protocol", "bogus")
+    assert result.returncode != 0 and "bogus" in result.stderr
+
+
+def test_none_and_na_are_text(tmp_path):
+    csv = "question,reference,prediction,answer_type\nq1,None,NA,OPEN\nq2,NA,NA,OPEN\nq3,null,,OPEN\n"
+    result = run_score(write(tmp_path, csv))
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    # Row 1 is wrong ("none" vs "na"), row 2 right; row 3: reference "null", prediction "".
+    assert scores["open_exact_match"] == 33.33
+    assert scores["token_f1"] == 33.33
+    assert scores["closed_accuracy"] is None  # no CLOSED row -> null
+    assert scores["llava_med_closed_accuracy"] is None
+
+
+def test_empty_csv_gives_nulls(tmp_path):
+    result = run_score(write(tmp_path, "question,reference,prediction,answer_type\n"))
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    for key in REQUIRED_KEYS:
+        assert key in scores and scores[key] is None
+
+
+def test_missing_column_names_file_and_column(tmp_path):
+    path = write(tmp_path, "question,reference,answer_type\nq,yes,CLOSED\n", name="no_pred.csv")
+    result = run_score(path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "no_pred.csv" in result.stderr and "missing column 'prediction'" in result.stderr
+
+
+def test_bad_answer_type_names_the_row(tmp_path):
+    csv = "question,reference,prediction,answer_type\nq1,yes,yes,CLOSED\nq2,yes,yes,YES/NO\n"
+    result = run_score(write(tmp_path, csv, name="bad_type.csv"))
+    assert result.returncode == 1
+    assert "bad_type.csv" in result.stderr and "row 2" in result.stderr and "'YES/NO'" in result.stderr
+
+
+def test_missing_file(tmp_path):
+    result = run_score(tmp_path / "absent.csv")
+    assert result.returncode == 1 and "absent.csv: no such file" in result.stderr
+
+
+@pytest.mark.parametrize("protocol", ["all", "llava_med", "exact", "medpalm"])
+def test_score_csv_in_process(tmp_path, protocol):
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    try:
+        from score import score_csv
+    finally:
+        sys.path.pop(0)
+    scores = score_csv(write(tmp_path, CSV_TEXT), protocols=[protocol])
+    from medcap.metrics.vqa import PROTOCOL_METRICS
+
+    groups = PROTOCOL_METRICS.values() if protocol == "all" else [PROTOCOL_METRICS[protocol]]
+    expected = {metric for metrics in groups for metric in metrics}
+    assert {key.split("/")[0] for key in scores} == expected
+    if protocol == "all":
+        assert set(REQUIRED_KEYS) <= expected
+    for value in scores.values():
+        assert value is None or (0.0 <= value <= 100.0 and round(value, 2) == value)
