@@ -1,6 +1,6 @@
 """Model and component builders."""
 
-from medcap.models.builders import BIOMEDCLIP, llama3_1_8b_biomedclip, llama3_8b_biomedclip, medcap_model
+from medcap.models.builders import BIOMEDCLIP, llama3_1_8b_biomedclip, llama3_8b_biomedclip, medcap_model, text_only_model
 from medcap.models.fusion import ImageEncoder, MedcapModel
 from medcap.models.projectors import MedcapProjector, MLPProjector, medcap_projector, mlp_projector
 from medcap.models.tokenizers import llama3_tokenizer
@@ -10,5 +10,5 @@ from medcap.models.vision import VisionTower, open_clip_vision_tower
 __all__ = [
     "BIOMEDCLIP", "ImageEncoder", "MedcapModel", "MedcapProjector", "MLPProjector", "TRAINABLE_MODES", "VisionTower",
     "llama3_1_8b_biomedclip", "llama3_8b_biomedclip", "llama3_tokenizer", "medcap_model", "medcap_projector",
-    "mlp_projector", "open_clip_vision_tower", "set_trainable",
+    "mlp_projector", "open_clip_vision_tower", "set_trainable", "text_only_model",
 ]

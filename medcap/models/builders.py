@@ -70,3 +70,15 @@ def llama3_1_8b_biomedclip(
 ) -> MedcapModel:
     """Llama-3.1 8B + BiomedCLIP's vision tower (see :func:`llama3_8b_biomedclip`)."""
     return _biomedclip_model(llama3_1_8b(), vision_model, output, projector, num_image_tokens)
+
+
+def text_only_model(decoder: TransformerDecoder) -> MedcapModel:
+    """A decoder without an image side, for text-only uses such as an LLM judge.
+
+    Args:
+        decoder (TransformerDecoder): the language model.
+
+    Returns:
+        MedcapModel: a model whose ``embed`` takes no images.
+    """
+    return MedcapModel(decoder, None, image_token_id=-1)

@@ -58,15 +58,16 @@ class MedcapModel(nn.Module):
 
     Args:
         decoder (TransformerDecoder): the language model (frozen by the recipes).
-        image_encoder (ImageEncoder): vision tower + projector (trainable).
+        image_encoder (Optional[ImageEncoder]): vision tower + projector (trainable); None for a
+            text-only model (e.g. an LLM judge), which then takes no images.
         image_token_id (int): the reserved placeholder id; may lie outside the decoder's vocabulary
             (as Llama-3's ``<|image|>`` = 128256 does), it is never embedded.
     """
 
-    def __init__(self, decoder: TransformerDecoder, image_encoder: ImageEncoder, image_token_id: int):
+    def __init__(self, decoder: TransformerDecoder, image_encoder: Optional[ImageEncoder], image_token_id: int):
         super().__init__()
         decoder_dim = decoder.tok_embeddings.embedding_dim
-        if image_encoder.out_dim != decoder_dim:
+        if image_encoder is not None and image_encoder.out_dim != decoder_dim:
             raise ValueError(
                 f"projector out_dim={image_encoder.out_dim} does not match the decoder's embedding size {decoder_dim}"
             )
@@ -77,7 +78,7 @@ class MedcapModel(nn.Module):
     @property
     def num_image_tokens(self) -> int:
         """Placeholder tokens the text must hold per image."""
-        return self.image_encoder.num_tokens
+        return self.image_encoder.num_tokens if self.image_encoder is not None else 0
 
     def embed(self, tokens: torch.Tensor, images: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Token embeddings with image tokens scattered into the placeholder positions.
@@ -97,6 +98,8 @@ class MedcapModel(nn.Module):
         num_placeholders = int(is_placeholder.sum())
         num_images = 0 if images is None else images.shape[0]
         expected = num_images * self.num_image_tokens
+        if num_images and self.image_encoder is None:
+            raise ValueError(f"this text-only model cannot take images ({num_images} given)")
         if num_placeholders != expected:
             per_row = is_placeholder.sum(dim=1).tolist()
             raise ValueError(
