@@ -1,6 +1,7 @@
 """Checkpoints of the trainable image side and of the recipe state."""
 
 from medcap.checkpoint.io import (
+    IMAGE_ENCODER_FILE,
     atomic_write,
     load_image_encoder_weights,
     load_recipe_state,
@@ -8,4 +9,4 @@ from medcap.checkpoint.io import (
     save_recipe_state,
 )
 
-__all__ = ["atomic_write", "load_image_encoder_weights", "load_recipe_state", "save_image_encoder", "save_recipe_state"]
+__all__ = ["IMAGE_ENCODER_FILE", "atomic_write", "load_image_encoder_weights", "load_recipe_state", "save_image_encoder", "save_recipe_state"]
