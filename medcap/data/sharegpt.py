@@ -15,6 +15,7 @@ the JSON file's folder. Image paths may not leave their root.
 
 import json
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +135,9 @@ def _resolve_image(record: Dict[str, Any], source: Any, index: int, image_dir: O
     if root is None:
         root = Path(source).parent if isinstance(source, (str, Path)) else Path(".")
     root = Path(root).expanduser().resolve()
-    path = (root / image).resolve()
+    # Lexical check: ``..`` and absolute paths may not leave the root, symlinks inside it may point
+    # anywhere (a Hugging Face snapshot links each file into a blob folder beside it).
+    path = Path(os.path.normpath(root / image))
     if not path.is_relative_to(root):
         raise RecordError(source, index, "image", f"path {image!r} escapes the image directory {root}")
     return path

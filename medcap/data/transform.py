@@ -62,19 +62,31 @@ class MedcapTransform:
             SequenceTooLongError: if truncation would cut an image or the first answer.
         """
         raw_tokens, raw_mask = self.tokenizer.tokenize_messages(messages, add_end_tokens=add_end_tokens)
+        tokens, masked = self._expand_images(raw_tokens, raw_mask)
+        labels = [CROSS_ENTROPY_IGNORE_IDX if m else t for t, m in zip(tokens, masked)]
+        if len(tokens) > self.max_seq_len:
+            # Where the answers are, whatever ``masked`` says (``train_on_input`` unmasks user turns).
+            answers_only = [
+                Message(role=m.role, content=m.content, masked=m.role != "assistant", ipython=m.ipython, eot=m.eot)
+                for m in messages
+            ]
+            _, answer_mask = self.tokenizer.tokenize_messages(answers_only, add_end_tokens=add_end_tokens)
+            _, not_answer = self._expand_images(raw_tokens, answer_mask)
+            self._check_truncation(tokens, not_answer)
+            tokens, labels = tokens[: self.max_seq_len], labels[: self.max_seq_len]
+        return tokens, labels
+
+    def _expand_images(self, raw_tokens: List[int], raw_mask: List[bool]) -> Tuple[List[int], List[bool]]:
+        """Widen each image id into ``num_image_tokens`` masked placeholders."""
         tokens: List[int] = []
         masked: List[bool] = []
         for token, is_masked in zip(raw_tokens, raw_mask):
             repeat = self.num_image_tokens if token == self.image_token_id else 1
             tokens += [token] * repeat
             masked += [True if token == self.image_token_id else is_masked] * repeat
-        labels = [CROSS_ENTROPY_IGNORE_IDX if m else t for t, m in zip(tokens, masked)]
-        if len(tokens) > self.max_seq_len:
-            self._check_truncation(tokens, labels)
-            tokens, labels = tokens[: self.max_seq_len], labels[: self.max_seq_len]
-        return tokens, labels
+        return tokens, masked
 
-    def _check_truncation(self, tokens: List[int], labels: List[int]) -> None:
+    def _check_truncation(self, tokens: List[int], not_answer: List[bool]) -> None:
         limit = self.max_seq_len
         if self.image_token_id in tokens[limit:]:
             last_placeholder = len(tokens) - tokens[::-1].index(self.image_token_id)
@@ -82,12 +94,10 @@ class MedcapTransform:
                 f"max_seq_len={limit} would cut image placeholders (the image ends at token {last_placeholder}, "
                 f"sequence has {len(tokens)} tokens); raise max_seq_len"
             )
-        first = next((i for i, label in enumerate(labels) if label != CROSS_ENTROPY_IGNORE_IDX), None)
+        first = next((i for i, is_other in enumerate(not_answer) if not is_other), None)
         if first is None:
-            return  # a generation prompt: nothing trained
-        end_of_first_answer = next(
-            (i for i in range(first, len(labels)) if labels[i] == CROSS_ENTROPY_IGNORE_IDX), len(labels)
-        )
+            return  # a generation prompt: no answer
+        end_of_first_answer = next((i for i in range(first, len(not_answer)) if not_answer[i]), len(not_answer))
         if end_of_first_answer > limit:
             raise SequenceTooLongError(
                 f"max_seq_len={limit} would cut the first answer (it ends at token {end_of_first_answer}, "

@@ -1,0 +1,136 @@
+"""SLAKE 1.0 (Liu et al. 2021): the official release -> ShareGPT records.
+
+Layout of ``root``::
+
+    train.json, validate.json, test.json   # English and Chinese rows (``q_lang``)
+    imgs/xmlabN/source.jpg                 # 642 images
+    train_text.json, validation_text.json, test_text.json   # optional "text" files:
+                                           # [{"img_name", "text"}]
+"""
+
+import os
+from typing import Optional, Sequence
+
+from medcap.data.converters.common import (
+    caption_records,
+    DatasetFormatError,
+    get_optional_text,
+    get_response,
+    get_text,
+    make_record,
+    normalize_answer_type,
+    read_json_list,
+    require_dict,
+)
+
+QA_FILES = {"train": "train.json", "val": "validate.json", "test": "test.json"}
+TEXT_FILES = {"train": "train_text.json", "val": "validation_text.json", "test": "test_text.json"}
+SPLITS = ("train", "val", "test")
+LANGS = {"en": ("en",), "zh": ("zh",), "both": ("en", "zh")}
+
+
+def convert_slake(
+    root: str,
+    splits: Sequence[str] = SPLITS,
+    *,
+    lang: str = "en",
+    kind: str = "vqa",
+    image_dir: Optional[str] = None,
+    instruction: Optional[str] = None,
+    sample_instructions: Optional[bool] = None,
+    seed: int = 0,
+    empty_answers: str = "skip",
+) -> list:
+    """Converts SLAKE to ShareGPT records.
+
+    Args:
+        root (str): the release folder.
+        splits (Sequence[str]): among ``train``, ``val`` (``validate.json``), ``test``.
+        lang (str): ``en``, ``zh`` or ``both`` (``vqa`` kind only).
+        kind (str): ``vqa`` (question -> answer) or ``text`` (one paragraph per image).
+        image_dir (Optional[str]): image root; default ``root/imgs``.
+        instruction (Optional[str]): fixed instruction for ``text`` records.
+        sample_instructions (Optional[bool]): see :func:`caption_records`.
+        seed (int): instruction sampling seed.
+        empty_answers (str): ``skip`` (with a warning), ``keep`` or ``error``. One official
+            English train row (index 1622) has an empty answer.
+
+    Returns:
+        list: records in split order, each with ``split`` and ``lang``.
+
+    Raises:
+        DatasetFormatError: a malformed file / record / field.
+        ValueError: an unknown split, language or kind.
+    """
+    image_dir = os.path.abspath(image_dir or os.path.join(root, "imgs"))
+    for split in splits:
+        if split not in SPLITS:
+            raise ValueError(f"slake: split {split!r} not available; choose from {', '.join(SPLITS)}")
+    if lang not in LANGS:
+        raise ValueError(f"slake: lang must be one of {', '.join(LANGS)}, got {lang!r}")
+    if kind == "text":
+        return _convert_text(root, splits, image_dir, instruction, sample_instructions, seed, empty_answers)
+    if kind != "vqa":
+        raise ValueError(f"slake: kind must be 'vqa' or 'text', got {kind!r}")
+    records = []
+    for split in splits:
+        path = os.path.join(root, QA_FILES[split])
+        for index, row in enumerate(read_json_list(path)):
+            require_dict(row, path, index)
+            row_lang = get_text(row, "q_lang", path, index)
+            if row_lang not in ("en", "zh"):
+                raise DatasetFormatError(
+                    f"must be 'en' or 'zh', got {row_lang!r}", file=path, record=index, field="q_lang"
+                )
+            if row_lang not in LANGS[lang]:
+                continue
+            qid = get_text(row, "qid", path, index)
+            answer = get_response(row, "answer", path, index, empty_answers)
+            if answer is None:
+                continue
+            records.append(
+                make_record(
+                    get_text(row, "question", path, index),
+                    answer,
+                    image=get_text(row, "img_name", path, index),
+                    image_dir=image_dir,
+                    answer_type=normalize_answer_type(row, path, index),
+                    content_type=get_optional_text(row, "content_type", path, index),
+                    modality=get_optional_text(row, "modality", path, index),
+                    location=get_optional_text(row, "location", path, index),
+                    base_type=get_optional_text(row, "base_type", path, index),
+                    lang=row_lang,
+                    id=f"slake-{qid}",
+                    split=split,
+                    dataset="slake",
+                )
+            )
+    return records
+
+
+def _convert_text(root, splits, image_dir, instruction, sample_instructions, seed, empty_answers) -> list:
+    records = []
+    for split in splits:
+        path = os.path.join(root, TEXT_FILES[split])
+        items = []
+        for index, row in enumerate(read_json_list(path)):
+            require_dict(row, path, index)
+            text = get_response(row, "text", path, index, empty_answers)
+            if text is None:
+                continue
+            items.append(
+                (
+                    get_text(row, "img_name", path, index),
+                    text,
+                    {"lang": "en", "id": f"slake-text-{split}-{index}", "dataset": "slake"},
+                )
+            )
+        records += caption_records(
+            items,
+            split=split,
+            image_dir=image_dir,
+            instruction=instruction,
+            sample_instructions=sample_instructions,
+            seed=seed,
+        )
+    return records

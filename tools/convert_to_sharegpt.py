@@ -1,0 +1,136 @@
+"""Converts a dataset to medcap's ShareGPT JSON (or to LLaVA JSON / PLM jsonl).
+
+Examples:
+    python tools/convert_to_sharegpt.py --dataset vqarad --input ../shared/data/vqa_rad \\
+        --split test --output data/vqarad_test.json
+    python tools/convert_to_sharegpt.py --dataset slake --input ../shared/data/slake --lang en \\
+        --output 'data/slake_{split}.json'
+    python tools/convert_to_sharegpt.py --dataset sharegpt --input data/slake_train.json \\
+        --to llava --output data/slake_train_llava.json
+"""
+
+import argparse
+import logging
+import os
+import sys
+from collections import Counter
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+from medcap.data import converters  # noqa: E402
+from medcap.data.converters.common import EMPTY_RESPONSE_POLICIES, select_splits  # noqa: E402
+
+DATASETS = ("vqarad", "slake", "rocov2", "pmcoa", "llava", "plm", "csv", "hf", "sharegpt")
+SPLIT_SOURCES = {
+    "vqarad": converters.vqarad.SPLITS,
+    "slake": converters.slake.SPLITS,
+    "rocov2": converters.rocov2.SPLITS,
+    "pmcoa": converters.pmcoa.SPLITS,
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, choices=DATASETS, help="source format")
+    parser.add_argument("--input", required=True, help="dataset folder, or the file for llava/plm/csv/sharegpt")
+    parser.add_argument("--output", required=True,
+                        help="output file; a '{split}' in the name writes one file per split")
+    parser.add_argument("--to", default="sharegpt", choices=("sharegpt", "llava", "plm"), help="output format")
+    parser.add_argument("--split", default="all",
+                        help="train, val, test, a comma list or all; for single-file sources the "
+                             "label given to records (with --split-column, the split kept)")
+    parser.add_argument("--split-scheme", default="official", choices=("official", "mevf"), help="vqarad")
+    parser.add_argument("--lang", default="en", choices=("en", "zh", "both"), help="slake")
+    parser.add_argument("--kind", default="vqa", choices=("vqa", "text"),
+                        help="vqarad / slake: question->answer, or one paragraph per image from {split}_text.json")
+    parser.add_argument("--image-dir", help="image root (overrides the source's default; meta dir=)")
+    parser.add_argument("--instruction", help="fixed instruction for caption records")
+    parser.add_argument("--instruction-mode", default="auto", choices=("auto", "sample", "first"),
+                        help="caption instructions: auto = sampled for train, first for val/test")
+    parser.add_argument("--seed", type=int, default=0, help="instruction sampling seed")
+    parser.add_argument("--empty-answers", default="skip", choices=EMPTY_RESPONSE_POLICIES,
+                        help="records with an empty answer/caption: skip (with a warning), keep, error")
+    parser.add_argument("--image-column", default="image", help="csv / hf")
+    parser.add_argument("--question-column", default="question", help="csv / hf")
+    parser.add_argument("--answer-column", default="answer", help="csv / hf")
+    parser.add_argument("--caption-column", help="csv / hf: caption records from this column")
+    parser.add_argument("--split-column", help="csv: column naming each row's split")
+    parser.add_argument("--keep-columns", default="", help="csv / hf: comma list of columns to keep")
+    parser.add_argument("--indent", type=int, default=2, help="JSON indent (0 for compact)")
+    return parser.parse_args(argv)
+
+
+def load_records(args: argparse.Namespace) -> list:
+    """Reads the source named by ``args.dataset`` as ShareGPT records."""
+    instructions = {
+        "instruction": args.instruction,
+        "sample_instructions": {"auto": None, "sample": True, "first": False}[args.instruction_mode],
+        "seed": args.seed,
+        "empty_answers": args.empty_answers,
+    }
+    if args.dataset in SPLIT_SOURCES:
+        splits = select_splits(args.split, SPLIT_SOURCES[args.dataset], args.dataset)
+        options = dict(image_dir=args.image_dir, **instructions)
+        if args.dataset == "vqarad":
+            return converters.convert_vqarad(
+                args.input, splits, split_scheme=args.split_scheme, kind=args.kind, **options
+            )
+        if args.dataset == "slake":
+            return converters.convert_slake(args.input, splits, lang=args.lang, kind=args.kind, **options)
+        if args.dataset == "rocov2":
+            return converters.convert_rocov2(args.input, splits, **options)
+        return converters.convert_pmcoa(args.input, splits, **options)
+    split = None if args.split == "all" else args.split
+    if args.dataset in ("llava", "plm", "sharegpt"):
+        reader = {"llava": converters.from_llava, "plm": converters.from_plm, "sharegpt": converters.read_sharegpt}
+        return reader[args.dataset](args.input, image_dir=args.image_dir, split=split)
+    columns = dict(
+        image_dir=args.image_dir,
+        image_column=args.image_column,
+        question_column=args.question_column,
+        answer_column=args.answer_column,
+        caption_column=args.caption_column,
+        keep_columns=[column for column in args.keep_columns.split(",") if column],
+        **instructions,
+    )
+    if args.dataset == "csv":
+        return converters.convert_csv(args.input, split=split, split_column=args.split_column, **columns)
+    return converters.convert_hf(args.input, split=split, **columns)
+
+
+def write_records(records: list, output: str, to: str, indent: int) -> list:
+    """Writes records (atomically) in the ``to`` format; returns ``(path, count)`` pairs."""
+    if "{split}" in output:
+        groups = {}
+        for record in records:
+            groups.setdefault(record.get("split", "all"), []).append(record)
+        targets = [(output.format(split=split), group) for split, group in groups.items()]
+    else:
+        targets = [(output, records)]
+    for path, group in targets:
+        if to == "plm":
+            converters.write_jsonl_atomic(path, converters.to_plm(group))
+        else:
+            rows = converters.to_llava(group) if to == "llava" else group
+            converters.write_json_atomic(path, rows, indent=indent or None)
+    return [(path, len(group)) for path, group in targets]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        records = load_records(args)
+        written = write_records(records, args.output, args.to, args.indent)
+    except (converters.DatasetFormatError, FileNotFoundError, ValueError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    counts = Counter(record.get("split", "-") for record in records)
+    print(f"{len(records)} records ({', '.join(f'{split}: {n}' for split, n in counts.items())})")
+    for path, count in written:
+        print(f"wrote {count} records to {path} ({args.to})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
