@@ -11,18 +11,14 @@ Example::
 """
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-# synthetic.py needs only numpy and PIL. It is loaded from its file so that the package's
-# __init__ (which imports torch and torchtune, ~10 s) does not slow down a 3 s job.
-_SYNTHETIC_PATH = Path(__file__).resolve().parents[1] / "medcap" / "data" / "synthetic.py"
-_spec = importlib.util.spec_from_file_location("medcap_data_synthetic", _SYNTHETIC_PATH)
-synthetic = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(synthetic)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from medcap.data import synthetic  # noqa: E402  (numpy + PIL only: medcap.data imports lazily)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

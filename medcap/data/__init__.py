@@ -1,12 +1,34 @@
-"""Datasets, transforms and collate for medcap's ShareGPT JSON."""
+"""Datasets, transforms and collate for medcap's ShareGPT JSON.
 
-from medcap.data.collate import padded_collate_images
-from medcap.data.images import ImageLoadError, load_image, open_clip_image_transform
-from medcap.data.sharegpt import RecordError, ShareGPTImageDataset, parse_record, sharegpt_image_dataset, to_messages
-from medcap.data.transform import CROSS_ENTROPY_IGNORE_IDX, MedcapTransform, SequenceTooLongError
+Names are imported lazily, so light tools (converters, validation, synthetic data) start without
+paying for torch/torchtune.
+"""
 
-__all__ = [
-    "CROSS_ENTROPY_IGNORE_IDX", "ImageLoadError", "MedcapTransform", "RecordError", "SequenceTooLongError",
-    "ShareGPTImageDataset", "load_image", "open_clip_image_transform", "padded_collate_images", "parse_record",
-    "sharegpt_image_dataset", "to_messages",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "padded_collate_images": "medcap.data.collate",
+    "ImageLoadError": "medcap.data.images",
+    "load_image": "medcap.data.images",
+    "open_clip_image_transform": "medcap.data.images",
+    "RecordError": "medcap.data.sharegpt",
+    "ShareGPTImageDataset": "medcap.data.sharegpt",
+    "load_records": "medcap.data.sharegpt",
+    "parse_record": "medcap.data.sharegpt",
+    "sharegpt_image_dataset": "medcap.data.sharegpt",
+    "to_messages": "medcap.data.sharegpt",
+    "CROSS_ENTROPY_IGNORE_IDX": "medcap.data.transform",
+    "MedcapTransform": "medcap.data.transform",
+    "SequenceTooLongError": "medcap.data.transform",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'medcap.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
