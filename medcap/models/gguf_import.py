@@ -107,7 +107,11 @@ def find_smollm2_gguf() -> Path:
 
 
 def _field(reader: gguf.GGUFReader, key: str, gguf_path: Path, default: Any = None) -> Any:
-    """Read one metadata value; raise naming the file and key when required and absent."""
+    """Read one metadata value; without a default the key is required.
+
+    Raises:
+        ValueError: naming the file and key when a required key is absent.
+    """
     field = reader.fields.get(key)
     if field is None:
         if default is None:
@@ -134,11 +138,19 @@ def read_llama_config(reader: gguf.GGUFReader, gguf_path: Path) -> Dict[str, Any
         raise ValueError(f"{gguf_path}: general.architecture is {arch!r}, expected 'llama'")
     if "rope_freqs.weight" in {t.name for t in reader.tensors}:
         raise ValueError(f"{gguf_path}: scaled RoPE (tensor rope_freqs.weight) is not supported")
-    if "llama.rope.scaling.type" in reader.fields:
-        raise ValueError(f"{gguf_path}: llama.rope.scaling.type is set; scaled RoPE is not supported")
+    rope_scaling = _field(reader, "llama.rope.scaling.type", gguf_path, default="none")
+    if rope_scaling != "none":
+        raise ValueError(f"{gguf_path}: llama.rope.scaling.type is {rope_scaling!r}; scaled RoPE is not supported")
 
     num_heads = int(_field(reader, "llama.attention.head_count", gguf_path))
     hidden_size = int(_field(reader, "llama.embedding_length", gguf_path))
+    head_dim = int(_field(reader, "llama.attention.key_length", gguf_path, default=hidden_size // num_heads))
+    rotary_dim = int(_field(reader, "llama.rope.dimension_count", gguf_path, default=head_dim))
+    if rotary_dim != head_dim:
+        raise ValueError(
+            f"{gguf_path}: llama.rope.dimension_count {rotary_dim} != head dim {head_dim}; "
+            "partial rotary embeddings are not supported"
+        )
     tokens = _field(reader, "tokenizer.ggml.tokens", gguf_path)
     tensor_names = {t.name for t in reader.tensors}
     eos_id = int(_field(reader, "tokenizer.ggml.eos_token_id", gguf_path))
@@ -157,9 +169,7 @@ def read_llama_config(reader: gguf.GGUFReader, gguf_path: Path) -> Dict[str, Any
         "num_key_value_heads": int(
             _field(reader, "llama.attention.head_count_kv", gguf_path, default=num_heads)
         ),
-        "head_dim": int(
-            _field(reader, "llama.rope.dimension_count", gguf_path, default=hidden_size // num_heads)
-        ),
+        "head_dim": head_dim,
         "max_position_embeddings": int(_field(reader, "llama.context_length", gguf_path)),
         "rms_norm_eps": rms_norm_eps,
         "rope_theta": float(_field(reader, "llama.rope.freq_base", gguf_path, default=10000.0)),

@@ -70,9 +70,8 @@ def smollm2_tokenizer(
         FileNotFoundError: if ``tokenizer.json`` or ``tokenizer_config.json`` is missing.
     """
     path = Path(path)
-    tokenizer_dir = path if path.is_dir() else path.parent
-    tokenizer_json = path if path.is_file() else tokenizer_dir / "tokenizer.json"
-    tokenizer_config = tokenizer_dir / "tokenizer_config.json"
+    tokenizer_json = path / "tokenizer.json" if path.is_dir() else path
+    tokenizer_config = tokenizer_json.parent / "tokenizer_config.json"
     for required in (tokenizer_json, tokenizer_config):
         if not required.is_file():
             raise FileNotFoundError(
