@@ -33,7 +33,7 @@ from medcap.checkpoint import IMAGE_ENCODER_FILE, atomic_write, load_image_encod
 from medcap.data import MedcapTransform, RecordError, load_image, parse_record
 from medcap.data.images import ImageLoadError
 from medcap.data.sharegpt import load_records
-from medcap.generation import describe_then_answer_prompt, direct_prompt, generate, score_predictions
+from medcap.generation import answer_form_rates, describe_then_answer_prompt, direct_prompt, generate, score_predictions
 from medcap.generation.report import plot_metrics_by_epoch, write_html_report, write_metrics_table
 
 log = logging.getLogger("medcap")
@@ -48,7 +48,8 @@ class GenerationRecipe:
     ``epoch_*``; ``last``; ``base``; or a list of names / paths); ``dataset.source`` (+ ``image_dir``,
     ``skip_bad_records``) or ``image`` + ``prompt``; ``mode`` (``direct`` | ``describe_then_answer``),
     ``few_shot`` (list of ``{question, answer}``); ``batch_size``, ``max_new_tokens``,
-    ``temperature``, ``top_k``, ``seed``; ``max_samples``; ``meteor``; ``output_dir``.
+    ``temperature``, ``top_k``, ``seed``; ``max_samples``; ``meteor``; ``output_dir``;
+    ``train_source`` (optional training JSON: adds the share of answers in a trained form).
     """
 
     def __init__(self, cfg: DictConfig) -> None:
@@ -73,6 +74,8 @@ class GenerationRecipe:
         )
         self._checkpoints = self._resolve_checkpoints(cfg.get("checkpoints", "all"), cfg.get("run_dir", None))
         self._output_dir = Path(cfg.output_dir)
+        train_source = cfg.get("train_source", None)
+        self._train_records = load_records(Path(train_source)) if train_source else None
 
     def _resolve_checkpoints(self, wanted: Any, run_dir: Optional[str]) -> List[Tuple[str, Optional[Path]]]:
         run = Path(run_dir) if run_dir else None
@@ -193,6 +196,8 @@ class GenerationRecipe:
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(checkpoint_dir / "predictions.csv", lambda temp, f=frame: f.to_csv(temp, index=False))
             scores = score_predictions(frame, meteor=cfg.get("meteor", True))
+            if self._train_records is not None:
+                scores.update(answer_form_rates(frame, self._train_records))
             scores.update(samples_per_second=len(frame) / seconds, skipped=skipped)
             atomic_write(checkpoint_dir / "metrics.json", lambda temp, s=scores: Path(temp).write_text(json.dumps(s, indent=1)))
             epoch = int(name.split("_")[1]) if name.startswith("epoch_") and name.split("_")[1].isdigit() else None

@@ -1,10 +1,10 @@
 """Score a predictions table: VQA rows with the VQA protocols, caption rows with captioning metrics."""
 
-from typing import Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
-from medcap.metrics import caption_metrics, vqa_scores
+from medcap.metrics import caption_metrics, normalize_answer, vqa_scores
 
 VQA_TYPES = ("CLOSED", "OPEN")
 
@@ -38,3 +38,33 @@ def score_predictions(predictions: pd.DataFrame, meteor: bool = True) -> Dict[st
                                  meteor=meteor, spice=True)
         scores.update({name: None if value is None else 100 * value for name, value in result.scores.items()})
     return scores
+
+
+def answer_form_rates(predictions: pd.DataFrame, train_records: List[Dict[str, Any]]) -> Dict[str, Optional[float]]:
+    """Share of answers (percent) that take a form seen in training for their question type.
+
+    The forms of a (answer_type, question_type) are the normalised answers its train records use
+    (e.g. yes/no, "0".."3", "upper left"...). Caption rows are not counted.
+
+    Args:
+        predictions (pd.DataFrame): ``prediction``, ``answer_type``, ``question_type`` columns.
+        train_records (List[Dict[str, Any]]): the training ShareGPT records.
+
+    Returns:
+        Dict[str, Optional[float]]: ``well_formed`` over all VQA rows and
+        ``well_formed/question_type=...`` per type; None when no row applies.
+    """
+    forms: Dict[tuple, set] = {}
+    for record in train_records:
+        key = (str(record.get("answer_type", "")).strip().upper(), str(record.get("question_type", "")))
+        answer = next((turn["value"] for turn in record["conversations"] if turn["from"] == "gpt"), "")
+        forms.setdefault(key, set()).add(normalize_answer(answer))
+    hits: Dict[str, List[bool]] = {}
+    for row in predictions.itertuples():
+        key = (str(row.answer_type).strip().upper(), str(row.question_type))
+        if key[0] not in VQA_TYPES or key not in forms:
+            continue
+        hit = normalize_answer(str(row.prediction)) in forms[key]
+        hits.setdefault("well_formed", []).append(hit)
+        hits.setdefault(f"well_formed/question_type={key[1]}", []).append(hit)
+    return {name: 100.0 * sum(values) / len(values) for name, values in hits.items()}
