@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # `python recipes/x.py`: make the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pandas as pd
+import PIL.Image
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torchtune import config, training, utils
@@ -49,7 +50,8 @@ class GenerationRecipe:
     ``skip_bad_records``) or ``image`` + ``prompt``; ``mode`` (``direct`` | ``describe_then_answer``),
     ``few_shot`` (list of ``{question, answer}``); ``batch_size``, ``max_new_tokens``,
     ``temperature``, ``top_k``, ``seed``; ``max_samples``; ``meteor``; ``output_dir``;
-    ``train_source`` (optional training JSON: adds the share of answers in a trained form).
+    ``train_source`` (optional training JSON: adds the share of answers in a trained form);
+    ``blank_images`` (feed uniform gray images instead: shows whether answers use the image).
     """
 
     def __init__(self, cfg: DictConfig) -> None:
@@ -152,7 +154,10 @@ class GenerationRecipe:
                 tokens, _ = self._transform.tokenize(messages, add_end_tokens=False)
                 prompts.append(tokens)
                 if has_image:
-                    images.append(self._transform.image_transform(load_image(Path(image_paths[offset]))))
+                    image = load_image(Path(image_paths[offset]))
+                    if cfg.get("blank_images", False):  # ablation: does the model use the image?
+                        image = PIL.Image.new("RGB", image.size, (128, 128, 128))
+                    images.append(self._transform.image_transform(image))
             stacked = torch.stack(images).to(self._device, self._dtype) if images else None
             outputs = generate(
                 self._model, prompts, stacked, pad_id=self._tokenizer.pad_id, stop_tokens=self._tokenizer.stop_tokens,
@@ -226,16 +231,19 @@ TRAINING_KEYS = ("model", "checkpointer", "tokenizer", "image_transform", "max_s
 def _with_training_config(cfg: DictConfig) -> DictConfig:
     """Fill model, checkpointer, tokenizer, image_transform, max_seq_len from ``run_dir/config.yaml``.
 
-    Keys given in the generation config win; a run's saved config supplies the rest.
+    The run's saved training config is the base; what the generation config (or a ``key=value``
+    override such as ``model.projector.num_tokens=8``) gives wins.
     """
+    saved = Path(str(cfg.get("run_dir", "") or "")) / "config.yaml"
+    if cfg.get("run_dir", None) and saved.is_file():
+        training_cfg = OmegaConf.load(saved)
+        base = OmegaConf.create({key: training_cfg[key] for key in TRAINING_KEYS if key in training_cfg})
+        cfg = OmegaConf.merge(base, cfg)
     missing = [key for key in TRAINING_KEYS if key not in cfg]
-    if not missing:
-        return cfg
-    saved = Path(str(cfg.get("run_dir", ""))) / "config.yaml"
-    if not cfg.get("run_dir", None) or not saved.is_file():
+    missing += [key for key in TRAINING_KEYS[:-1] if key in cfg and "_component_" not in cfg[key]]
+    if missing:
         raise FileNotFoundError(f"config lacks {missing} and run_dir has no saved training config ({saved})")
-    training_cfg = OmegaConf.load(saved)
-    return OmegaConf.merge(OmegaConf.create({key: training_cfg[key] for key in missing}), cfg)
+    return cfg
 
 
 @config.parse

@@ -1,0 +1,119 @@
+"""recipes/generate.py on the tiny model: every checkpoint, outputs, modes, quick look, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from helpers import REPO_ROOT
+from omegaconf import OmegaConf
+
+TRAIN_CONFIG = REPO_ROOT / "recipes/configs/medcap/tiny_cpu.yaml"
+GENERATE_CONFIG = REPO_ROOT / "recipes/configs/medcap/generate_tiny_cpu.yaml"
+
+
+def _load_recipe(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"medcap_recipe_{name}", REPO_ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_assets, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("tiny_run")
+    cfg = OmegaConf.merge(OmegaConf.load(TRAIN_CONFIG), OmegaConf.from_dotlist(
+        [f"assets_dir={tiny_assets['root']}", f"output_dir={output_dir}", "epochs=2", "max_steps_per_epoch=1"]))
+    recipe = _load_recipe("full_finetune_single_device").FullFinetuneRecipeSingleDevice(cfg)
+    recipe.setup(cfg)
+    recipe.train()
+    recipe.cleanup()
+    return output_dir
+
+
+def _generation(tiny_assets, run_dir, output_dir, *overrides):
+    cfg = OmegaConf.merge(OmegaConf.load(GENERATE_CONFIG), OmegaConf.from_dotlist(
+        [f"run_dir={run_dir}", f"output_dir={output_dir}", f"dataset.source={tiny_assets['data']}", *overrides]))
+    module = _load_recipe("generate")
+    recipe = module.GenerationRecipe(cfg)
+    recipe.setup(cfg)
+    return recipe
+
+
+def test_every_checkpoint_scored_in_one_table(tiny_assets, run_dir, tmp_path):
+    recipe = _generation(tiny_assets, run_dir, tmp_path, "max_new_tokens=4", f"train_source={tiny_assets['data']}")
+    table = recipe.run()
+    assert table["checkpoint"].tolist() == ["base", "epoch_0", "epoch_1"]
+    assert table["epoch"].tolist()[1:] == [0, 1]
+    for name in ("base", "epoch_0", "epoch_1"):
+        predictions = pd.read_csv(tmp_path / name / "predictions.csv", keep_default_na=False)
+        assert list(predictions.columns[:6]) == ["id", "image", "question", "reference", "answer_type", "question_type"]
+        assert len(predictions) == 8 and predictions["reference"].tolist() == ["no", "yes"] * 4
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert metrics["n_vqa"] == 8 and 0 <= metrics["closed_accuracy"] <= 100 and "well_formed" in metrics
+    saved = json.loads((tmp_path / "metrics_by_epoch.json").read_text())
+    assert [row["checkpoint"] for row in saved] == ["base", "epoch_0", "epoch_1"]
+    html = (tmp_path / "report.html").read_text()
+    assert "data:image/jpeg;base64" in html and "Is there a spot?" in html
+
+
+def test_checkpoints_select_and_differ(tiny_assets, run_dir, tmp_path):
+    recipe = _generation(tiny_assets, run_dir, tmp_path, "checkpoints=last")
+    assert [name for name, _ in recipe._checkpoints] == ["epoch_1"]
+    recipe = _generation(tiny_assets, run_dir, tmp_path, "checkpoints=[base,epoch_0]")
+    assert [name for name, _ in recipe._checkpoints] == ["base", "epoch_0"]
+    with pytest.raises(FileNotFoundError, match="checkpoint 'epoch_7' not found"):
+        _generation(tiny_assets, run_dir, tmp_path, "checkpoints=[epoch_7]")
+
+
+def test_describe_then_answer_caches_one_description_per_image(tiny_assets, run_dir, tmp_path):
+    recipe = _generation(tiny_assets, run_dir, tmp_path, "mode=describe_then_answer", "max_new_tokens=3",
+                         "checkpoints=last", "meteor=False")
+    frame = recipe.run()
+    predictions = pd.read_csv(tmp_path / "epoch_1/predictions.csv", keep_default_na=False)
+    assert "description" in predictions and predictions["description"].nunique() <= predictions["image"].nunique()
+    assert len(frame) == 1
+
+
+def test_quick_look_prints_base_and_tuned(tiny_assets, run_dir, tmp_path, capsys):
+    image = tiny_assets["data"].parent / "images/img_001.png"
+    recipe = _generation(tiny_assets, run_dir, tmp_path, "max_new_tokens=3")
+    recipe.quick_look(str(image), "Is there a spot?")
+    lines = [line for line in capsys.readouterr().out.splitlines() if ":" in line]
+    assert [line.split(":")[0].strip() for line in lines] == ["base", "epoch_0", "epoch_1"]
+
+
+def test_empty_test_file_and_missing_image_are_clear_errors(tiny_assets, run_dir, tmp_path):
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    recipe = _generation(tiny_assets, run_dir, tmp_path, f"dataset.source={empty}")
+    with pytest.raises(ValueError, match="empty.json: field '<file>': the test file holds no records"):
+        recipe.run()
+    missing = tmp_path / "missing.json"
+    missing.write_text(json.dumps([{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}],
+                                    "image": "nope.png"}]))
+    recipe = _generation(tiny_assets, run_dir, tmp_path, f"dataset.source={missing}")
+    with pytest.raises(ValueError, match=r"missing.json: record 0: field 'image': image not found"):
+        recipe.run()
+
+
+def test_wrong_shape_checkpoint_is_a_clear_error(tiny_assets, run_dir, tmp_path):
+    recipe = _generation(tiny_assets, run_dir, tmp_path, "model.projector.num_tokens=8", "checkpoints=[epoch_0]",
+                         "max_new_tokens=2")
+    with pytest.raises(ValueError, match=r"shape mismatches, e.g. \['projector.fc2.weight"):
+        recipe.run()
+
+
+def test_cli_generate(tiny_assets, run_dir, tmp_path):
+    command = [sys.executable, "recipes/generate.py", "--config", "recipes/configs/medcap/generate_tiny_cpu.yaml",
+               f"run_dir={run_dir}", f"output_dir={tmp_path}", f"dataset.source={tiny_assets['data']}",
+               "checkpoints=last", "max_new_tokens=2"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "epoch_1" in result.stdout and (tmp_path / "epoch_1/predictions.csv").is_file()

@@ -1,0 +1,80 @@
+"""Print and save the result table of a run evaluated by recipes/generate.py.
+
+    python tools/demo_summary.py --run-dir outputs/smollm2_synthetic --data-dir data/synthetic_vqa
+
+Reads ``{run_dir}/eval/metrics_by_epoch.json`` (from ``recipes/generate.py``), the baselines saved
+beside the synthetic data (``baselines.json``) and the training logs; prints one table (closed
+accuracy, open exact match, answers in a trained form, BLEU-4 / ROUGE-L / CIDEr on captions, for
+the base model, each epoch and the baselines), writes it as ``results.md`` / ``results.json`` and
+plots the training loss (``loss.png``) in the eval folder.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from medcap.checkpoint import atomic_write  # noqa: E402
+from medcap.generation.report import plot_training_loss  # noqa: E402
+
+COLUMNS = {
+    "closed_accuracy": "closed acc %",
+    "open_exact_match": "open EM %",
+    "well_formed": "well-formed %",
+    "BLEU-4": "BLEU-4",
+    "ROUGE-L": "ROUGE-L",
+    "CIDEr": "CIDEr",
+    "samples_per_second": "samples/s",
+}
+
+
+def summary_table(metrics_rows: List[Dict[str, Any]], baselines: Optional[Dict[str, Any]]) -> pd.DataFrame:
+    """One row per checkpoint and per baseline, the headline metrics as columns."""
+    rows = [{"model": row["checkpoint"], **{label: row.get(key) for key, label in COLUMNS.items()}} for row in metrics_rows]
+    for name in ("majority", "question_only"):
+        if baselines and name in baselines:
+            base = baselines[name]
+            rows.append({"model": f"{name} baseline", COLUMNS["closed_accuracy"]: 100 * base["closed_accuracy"],
+                         COLUMNS["open_exact_match"]: 100 * base["open_exact_match"]})
+    return pd.DataFrame(rows).set_index("model")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", type=Path, required=True, help="training output_dir")
+    parser.add_argument("--data-dir", type=Path, help="synthetic data folder with baselines.json")
+    parser.add_argument("--eval-dir", type=Path, help="default: RUN_DIR/eval")
+    args = parser.parse_args()
+    eval_dir = args.eval_dir or args.run_dir / "eval"
+    metrics_path = eval_dir / "metrics_by_epoch.json"
+    if not metrics_path.is_file():
+        sys.exit(f"{metrics_path} not found: run recipes/generate.py on {args.run_dir} first")
+    metrics_rows = json.loads(metrics_path.read_text())
+    baselines_path = args.data_dir / "baselines.json" if args.data_dir else None
+    baselines = json.loads(baselines_path.read_text()) if baselines_path and baselines_path.is_file() else None
+    table = summary_table(metrics_rows, baselines)
+    text = table.to_markdown(floatfmt=".2f") if _has_tabulate() else table.round(2).to_string()
+    print(text)
+    atomic_write(eval_dir / "results.md", lambda temp: Path(temp).write_text(text + "\n"))
+    atomic_write(eval_dir / "results.json", lambda temp: Path(temp).write_text(table.reset_index().to_json(orient="records", indent=1)))
+    log_dir = args.run_dir / "logs"
+    if log_dir.is_dir():
+        plot_training_loss(log_dir, eval_dir / "loss.png")
+    print(f"\nwrote {eval_dir / 'results.md'}, {eval_dir / 'loss.png'}, {eval_dir / 'metrics_by_epoch.png'}, {eval_dir / 'report.html'}")
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    main()
