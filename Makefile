@@ -9,7 +9,12 @@ STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)
 export OMP_NUM_THREADS ?= $(shell nproc)
 
-.PHONY: install demo test test-slow tiny-assets tiny-train clean
+.PHONY: install demo demo-assets demo-train demo-eval test test-slow tiny-assets tiny-train clean
+
+LLM_DIR := assets/smollm2-135m-instruct
+DEMO_DATA := data/synthetic_vqa
+DEMO_RUN := outputs/smollm2_synthetic
+TUNE := $(VENV)/bin/tune
 
 $(STAMP): requirements.txt requirements-test.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +32,23 @@ tiny-assets: $(STAMP)
 tiny-train: tiny-assets
 	$(VENV)/bin/tune run recipes/full_finetune_single_device.py --config recipes/configs/medcap/tiny_cpu.yaml
 
-demo: tiny-train
+# the main job: a real frozen LLM (SmolLM2-135M-Instruct) learns to read synthetic scans on CPU
+demo-assets: $(STAMP)
+	$(PY) tools/import_gguf.py --smollm2 --output $(LLM_DIR)
+	$(PY) tools/make_synthetic_vqa.py --output $(DEMO_DATA) --num-images 400 --splits 0.7 0.05 0.25
+
+demo-train: demo-assets
+	rm -rf $(DEMO_RUN)
+	$(TUNE) run recipes/full_finetune_single_device.py --config recipes/configs/medcap/smollm2_135M_synthetic_cpu.yaml \
+		llm_dir=$(LLM_DIR) data_dir=$(DEMO_DATA) output_dir=$(DEMO_RUN)
+
+demo-eval:
+	$(TUNE) run recipes/generate.py --config recipes/configs/medcap/generate_smollm2_synthetic_cpu.yaml \
+		run_dir=$(DEMO_RUN) data_dir=$(DEMO_DATA)
+	$(PY) tools/demo_summary.py --run-dir $(DEMO_RUN) --data-dir $(DEMO_DATA)
+
+demo: demo-train
+	$(MAKE) demo-eval
 
 test: $(STAMP)
 	$(PY) -m pytest -q

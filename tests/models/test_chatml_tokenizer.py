@@ -13,25 +13,13 @@ import pytest
 from torchtune.data import Message
 from torchtune.modules.transforms.tokenizers import HuggingFaceBaseTokenizer
 
-from medcap.models.gguf_import import convert_gguf, find_smollm2_gguf
+
 from medcap.models.smollm2 import smollm2_tokenizer
 
 IMAGE = 49152
 # Token ids of SmolLM2's vocabulary, with their byte-level strings.
 IM_START, IM_END, NEWLINE = 1, 2, 198  # "<|im_start|>", "<|im_end|>", "Ċ"
 USER, ASSISTANT = [4093], [520, 9531]  # "user"; "ass" "istant"
-
-
-@pytest.fixture(scope="module")
-def smollm2_dir(tmp_path_factory) -> Path:
-    try:
-        gguf_path = find_smollm2_gguf()
-    except FileNotFoundError as error:
-        pytest.skip(f"SmolLM2 GGUF unavailable: {error}")
-    # Shared by every test module of the session: convert_gguf skips an up-to-date output.
-    out_dir = tmp_path_factory.getbasetemp() / "smollm2_converted"
-    convert_gguf(gguf_path, out_dir)
-    return out_dir
 
 
 @pytest.fixture(scope="module")

@@ -288,14 +288,6 @@ def smollm2_gguf() -> Path:
 
 
 @pytest.fixture(scope="module")
-def smollm2_dir(smollm2_gguf, tmp_path_factory) -> Path:
-    # Shared by every test module of the session: convert_gguf skips an up-to-date output.
-    out_dir = tmp_path_factory.getbasetemp() / "smollm2_converted"
-    convert_gguf(smollm2_gguf, out_dir)
-    return out_dir
-
-
-@pytest.fixture(scope="module")
 def smollm2_reader(smollm2_gguf) -> gguf.GGUFReader:
     return gguf.GGUFReader(str(smollm2_gguf))
 
