@@ -19,7 +19,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 if __package__ in (None, ""):  # `python recipes/x.py`: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

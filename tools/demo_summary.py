@@ -58,7 +58,7 @@ def main() -> None:
     baselines_path = args.data_dir / "baselines.json" if args.data_dir else None
     baselines = json.loads(baselines_path.read_text()) if baselines_path and baselines_path.is_file() else None
     table = summary_table(metrics_rows, baselines)
-    text = table.to_markdown(floatfmt=".2f") if _has_tabulate() else table.round(2).to_string()
+    text = table.round(2).to_string(na_rep="-")
     print(text)
     atomic_write(eval_dir / "results.md", lambda temp: Path(temp).write_text(text + "\n"))
     atomic_write(eval_dir / "results.json", lambda temp: Path(temp).write_text(table.reset_index().to_json(orient="records", indent=1)))
@@ -66,14 +66,6 @@ def main() -> None:
     if log_dir.is_dir():
         plot_training_loss(log_dir, eval_dir / "loss.png")
     print(f"\nwrote {eval_dir / 'results.md'}, {eval_dir / 'loss.png'}, {eval_dir / 'metrics_by_epoch.png'}, {eval_dir / 'report.html'}")
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@
 """ChatMLTokenizer on the tokenizer converted from SmolLM2-135M-Instruct's GGUF."""
 
 import json
-from pathlib import Path
 
 import jinja2
 import pytest

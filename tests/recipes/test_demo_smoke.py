@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 from helpers import REPO_ROOT
 
 TUNE = str(Path(sys.executable).parent / "tune")

@@ -4,7 +4,7 @@ import json
 import logging
 import os
 import tempfile
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from medcap.data.converters.instructions import caption_instructions
 
@@ -336,3 +336,49 @@ def normalize_answer_type(record: dict, path: str, index: int) -> str:
             f"must be OPEN or CLOSED, got {answer_type!r}", file=path, record=index, field="answer_type"
         )
     return answer_type
+
+
+def text_file_records(
+    root: str,
+    text_files: Mapping[str, str],
+    splits: Sequence[str],
+    *,
+    image_field: str,
+    dataset: str,
+    image_dir: Optional[str],
+    instruction: Optional[str],
+    sample_instructions: Optional[bool],
+    seed: int,
+    empty_answers: str,
+) -> list:
+    """Caption records from medcap's "text" files (one paragraph per image, e.g. SLAKE-text).
+
+    Args:
+        root (str): the release folder.
+        text_files (Mapping[str, str]): split -> JSON file (a list of ``{image_field, "text"}``).
+        splits (Sequence[str]): splits to convert.
+        image_field (str): the field naming the image (``img_name``, ``image_name``).
+        dataset (str): name written to each record and used in its ``id``.
+        image_dir (Optional[str]): image root.
+        instruction (Optional[str]): a fixed instruction for every record.
+        sample_instructions (Optional[bool]): see :func:`caption_records`.
+        seed (int): instruction sampling seed.
+        empty_answers (str): ``skip``, ``keep`` or ``error`` for empty paragraphs.
+
+    Returns:
+        list: ShareGPT records.
+    """
+    records = []
+    for split in splits:
+        path = os.path.join(root, text_files[split])
+        items = []
+        for index, row in enumerate(read_json_list(path)):
+            require_dict(row, path, index)
+            text = get_response(row, "text", path, index, empty_answers)
+            if text is None:
+                continue
+            extra = {"lang": "en", "id": f"{dataset}-text-{split}-{index}", "dataset": dataset}
+            items.append((get_text(row, image_field, path, index), text, extra))
+        records += caption_records(items, split=split, image_dir=image_dir, instruction=instruction,
+                                   sample_instructions=sample_instructions, seed=seed)
+    return records

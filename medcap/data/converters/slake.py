@@ -12,7 +12,7 @@ import os
 from typing import Optional, Sequence
 
 from medcap.data.converters.common import (
-    caption_records,
+    text_file_records,
     DatasetFormatError,
     get_optional_text,
     get_response,
@@ -69,7 +69,9 @@ def convert_slake(
     if lang not in LANGS:
         raise ValueError(f"slake: lang must be one of {', '.join(LANGS)}, got {lang!r}")
     if kind == "text":
-        return _convert_text(root, splits, image_dir, instruction, sample_instructions, seed, empty_answers)
+        return text_file_records(root, TEXT_FILES, splits, image_field="img_name", dataset="slake", image_dir=image_dir,
+                                 instruction=instruction, sample_instructions=sample_instructions, seed=seed,
+                                 empty_answers=empty_answers)
     if kind != "vqa":
         raise ValueError(f"slake: kind must be 'vqa' or 'text', got {kind!r}")
     records = []
@@ -107,30 +109,3 @@ def convert_slake(
             )
     return records
 
-
-def _convert_text(root, splits, image_dir, instruction, sample_instructions, seed, empty_answers) -> list:
-    records = []
-    for split in splits:
-        path = os.path.join(root, TEXT_FILES[split])
-        items = []
-        for index, row in enumerate(read_json_list(path)):
-            require_dict(row, path, index)
-            text = get_response(row, "text", path, index, empty_answers)
-            if text is None:
-                continue
-            items.append(
-                (
-                    get_text(row, "img_name", path, index),
-                    text,
-                    {"lang": "en", "id": f"slake-text-{split}-{index}", "dataset": "slake"},
-                )
-            )
-        records += caption_records(
-            items,
-            split=split,
-            image_dir=image_dir,
-            instruction=instruction,
-            sample_instructions=sample_instructions,
-            seed=seed,
-        )
-    return records

@@ -12,7 +12,7 @@ import os
 from typing import Optional, Sequence
 
 from medcap.data.converters.common import (
-    caption_records,
+    text_file_records,
     DatasetFormatError,
     get_optional_text,
     get_response,
@@ -93,7 +93,9 @@ def convert_vqarad(
         if split not in SPLITS:
             raise ValueError(f"vqarad: split {split!r} not available; choose from {', '.join(SPLITS)}")
     if kind == "text":
-        return _convert_text(root, splits, image_dir, instruction, sample_instructions, seed, empty_answers)
+        return text_file_records(root, TEXT_FILES, splits, image_field="image_name", dataset="vqarad", image_dir=image_dir,
+                                 instruction=instruction, sample_instructions=sample_instructions, seed=seed,
+                                 empty_answers=empty_answers)
     if kind != "vqa":
         raise ValueError(f"vqarad: kind must be 'vqa' or 'text', got {kind!r}")
     if split_scheme == "mevf":
@@ -123,30 +125,3 @@ def convert_vqarad(
             records_by_split[split].append(_qa_record(row, path, index, split, image_dir, empty_answers))
     return [record for split in splits for record in records_by_split[split] if record is not None]
 
-
-def _convert_text(root, splits, image_dir, instruction, sample_instructions, seed, empty_answers) -> list:
-    records = []
-    for split in splits:
-        path = os.path.join(root, TEXT_FILES[split])
-        items = []
-        for index, row in enumerate(read_json_list(path)):
-            require_dict(row, path, index)
-            text = get_response(row, "text", path, index, empty_answers)
-            if text is None:
-                continue
-            items.append(
-                (
-                    get_text(row, "image_name", path, index),
-                    text,
-                    {"lang": "en", "id": f"vqarad-text-{split}-{index}", "dataset": "vqarad"},
-                )
-            )
-        records += caption_records(
-            items,
-            split=split,
-            image_dir=image_dir,
-            instruction=instruction,
-            sample_instructions=sample_instructions,
-            seed=seed,
-        )
-    return records
