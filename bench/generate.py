@@ -1,0 +1,202 @@
+"""Times answering the VQA-RAD test questions: batched KV-cache decoding against medcap's loop.
+
+    python bench/generate.py [--limit 451] [--peer-limit 60] [--batch-size 32] \
+        [--max-new-tokens 16] [--threads 1] [--data ../shared/data/vqa_rad]
+
+Model: the CPU demo model of ``recipes/configs/medcap/smollm2_135M_synthetic_cpu.yaml``
+(SmolLM2-135M-Instruct decoder from ``assets/smollm2-135m-instruct`` + timm ``test_resnet`` tower
+at 64 px + MLP projector, 4 image tokens). The image side is left at its seeded random init: only
+speed is measured. Greedy, ``torch.inference_mode()``, fp32, same prompts and images for both:
+
+* ours: :func:`medcap.generation.generate`, batches of ``--batch-size``, KV cache; the vision
+  tower runs once per image (prefill), then one token per step;
+* peer (what medcap's original does): one question at a time, no cache: every step runs the whole
+  sequence so far through ``model(tokens, images=image)`` (vision tower included), the LM head on
+  the last position, argmax; until a stop token or ``--max-new-tokens``.
+
+The peer runs on the first ``--peer-limit`` questions only (it is slow) and its questions/s is
+extrapolated to the rest; ours runs on all ``--limit`` questions and, for a like-for-like ratio,
+again on the same first ``--peer-limit``. Images are loaded and transformed once, beforehand, for
+both (timed apart). Prints questions/s, tokens/s, how many answers agree, and the ratio.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # run from a checkout
+MODEL_CONFIG = REPO_ROOT / "recipes" / "configs" / "medcap" / "smollm2_135M_synthetic_cpu.yaml"
+TARGET_RATIO = 5.0
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default_data = Path(os.environ.get("MEDCAP_DATA", REPO_ROOT / ".." / "shared" / "data")) / "vqa_rad"
+    parser.add_argument("--data", type=Path, default=default_data, help="VQA-RAD release folder")
+    parser.add_argument("--llm-dir", type=Path, default=REPO_ROOT / "assets" / "smollm2-135m-instruct",
+                        help="SmolLM2 converted by tools/import_gguf.py --smollm2")
+    parser.add_argument("--limit", type=int, default=None, help="questions answered by ours (default: all 451)")
+    parser.add_argument("--peer-limit", type=int, default=60, help="questions answered by the peer (first N)")
+    parser.add_argument("--batch-size", type=int, default=32, help="ours: questions per batch")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads; 1 unless the machine is otherwise idle (OpenMP threads "
+                             "that share a core with another busy process run many times slower)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the untrained image side")
+    return parser.parse_args()
+
+
+def read_questions(root: Path, limit: Optional[int] = None) -> List[Tuple[str, Path]]:
+    """The official VQA-RAD test questions (phrase_type test_freeform + test_para) and their images."""
+    from medcap.data import parse_record
+    from medcap.data.converters import convert_vqarad
+
+    records = convert_vqarad(str(root), ["test"], empty_answers="keep")[:limit]
+    questions = []
+    for index, record in enumerate(records):
+        parsed = parse_record(record, root / "VQA_RAD Dataset Public.json", index)
+        question = next(text for role, text in parsed.turns if role == "user")
+        questions.append((question, parsed.image_path))
+    return questions
+
+
+def build_model(llm_dir: Path, seed: int):
+    """The CPU demo model (decoder weights loaded, image side seeded), its tokenizer and image transform."""
+    import torch
+    from omegaconf import OmegaConf
+    from torchtune import config as tune_config, training
+
+    from medcap import config as medcap_config
+
+    cfg = OmegaConf.load(MODEL_CONFIG)
+    cfg.llm_dir = str(llm_dir)
+    torch.manual_seed(seed)
+    model = medcap_config.instantiate(cfg.model)
+    with tempfile.TemporaryDirectory() as output_dir:
+        checkpointer = tune_config.instantiate(cfg.checkpointer, output_dir=output_dir)
+        model.decoder.load_state_dict(checkpointer.load_checkpoint()[training.MODEL_KEY])
+    model.eval()
+    tokenizer = medcap_config.instantiate(cfg.tokenizer)
+    image_transform = medcap_config.instantiate(cfg.image_transform)
+    return model, tokenizer, image_transform
+
+
+def answer_ours(model, prompts, images, batch_size: int, pad_id: int, stop_tokens, max_new_tokens: int) -> List[List[int]]:
+    """Batched greedy decoding with the KV cache (the vision tower runs once per image)."""
+    from medcap.generation import generate
+
+    outputs = []
+    for start in range(0, len(prompts), batch_size):
+        outputs += generate(model, prompts[start: start + batch_size], images[start: start + batch_size], pad_id=pad_id,
+                            stop_tokens=stop_tokens, max_new_tokens=max_new_tokens, use_cache=True)
+    return outputs
+
+
+def answer_peer(model, prompts, images, stop_tokens: Sequence[int], max_new_tokens: int) -> List[List[int]]:
+    """medcap's loop: one question at a time, the whole sequence and the image recomputed every step."""
+    import torch
+
+    outputs = []
+    for prompt, image in zip(prompts, images):
+        tokens = torch.tensor([prompt])  # [1, s]
+        generated: List[int] = []
+        for _ in range(max_new_tokens):
+            hidden = model(tokens, images=image[None])  # [1, s, d]: vision tower + all positions
+            token = int(model.lm_head(hidden[:, -1]).argmax(dim=-1))
+            if token in stop_tokens:
+                break
+            generated.append(token)
+            tokens = torch.cat([tokens, torch.tensor([[token]])], dim=1)  # [1, s + 1]
+        outputs.append(generated)
+    return outputs
+
+
+def timed(function, *args, **kwargs):
+    """Call ``function`` and return its result and the wall-clock seconds it took."""
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def main() -> int:
+    args = parse_args()
+    if not (args.data / "VQA_RAD Dataset Public.json").is_file():
+        print(f"VQA-RAD not found at {args.data} (set MEDCAP_DATA or --data to the folder holding "
+              "'VQA_RAD Dataset Public.json')", file=sys.stderr)
+        return 2
+    if not (args.llm_dir / "model.safetensors").is_file():
+        print(f"SmolLM2 weights not found in {args.llm_dir}; convert them first: "
+              f"python tools/import_gguf.py --smollm2 --output {args.llm_dir}", file=sys.stderr)
+        return 2
+
+    import torch
+
+    from medcap.data import MedcapTransform, load_image
+    from medcap.generation import direct_prompt
+
+    torch.set_num_threads(args.threads)
+    load_at_start = os.getloadavg()[0]
+    start = time.perf_counter()
+    model, tokenizer, image_transform = build_model(args.llm_dir, args.seed)
+    transform = MedcapTransform(tokenizer, model.num_image_tokens, max_seq_len=512, image_transform=image_transform)
+    load_seconds = time.perf_counter() - start
+
+    questions = read_questions(args.data, args.limit)
+    start = time.perf_counter()
+    prompts = [transform.tokenize(direct_prompt(question, has_image=True), add_end_tokens=False)[0] for question, _ in questions]
+    images = torch.stack([image_transform(load_image(path)) for _, path in questions])  # [n, 3, 64, 64]
+    prepare_seconds = time.perf_counter() - start
+    peer_count = min(args.peer_limit, len(questions))
+    stop_tokens, pad_id = list(tokenizer.stop_tokens), tokenizer.pad_id
+    decode = dict(stop_tokens=stop_tokens, max_new_tokens=args.max_new_tokens)
+
+    with torch.inference_mode():
+        answer_ours(model, prompts[:2], images[:2], args.batch_size, pad_id, **decode)  # warm-up
+        answer_peer(model, prompts[:1], images[:1], **decode)
+        ours, ours_seconds = timed(answer_ours, model, prompts, images, args.batch_size, pad_id, **decode)
+        ours_head, ours_head_seconds = timed(answer_ours, model, prompts[:peer_count], images[:peer_count], args.batch_size, pad_id, **decode)
+        peer, peer_seconds = timed(answer_peer, model, prompts[:peer_count], images[:peer_count], **decode)
+
+    same = sum(a == b for a, b in zip(ours[:peer_count], peer))
+    head_same = sum(a == b for a, b in zip(ours[:peer_count], ours_head))
+    lengths = [len(p) for p in prompts]
+    load_at_end = os.getloadavg()[0]
+    ours_rate, head_rate, peer_rate = len(ours) / ours_seconds, peer_count / ours_head_seconds, peer_count / peer_seconds
+
+    print(f"model: SmolLM2-135M + test_resnet 64 px + MLP projector ({model.num_image_tokens} image tokens), fp32, "
+          f"threads {args.threads}, greedy, max_new_tokens {args.max_new_tokens}")
+    print(f"questions: {len(questions)} VQA-RAD test (prompt {min(lengths)}-{max(lengths)} tokens, mean "
+          f"{sum(lengths) / len(lengths):.1f})")
+    print(f"load average (1 min): {load_at_start:.2f} at the start, {load_at_end:.2f} at the end, {os.cpu_count()} cores"
+          + ("; the CPU was shared: numbers are noisy" if max(load_at_start, load_at_end) > os.cpu_count() + 0.5 else ""))
+    print(f"model load: {load_seconds:.1f} s; prompts + images prepared once for both: {prepare_seconds:.1f} s (not counted)")
+    print()
+    print(f"ours, batch {args.batch_size}, KV cache, all {len(ours)}:  {ours_seconds:7.1f} s  {ours_rate:6.2f} questions/s  "
+          f"{sum(map(len, ours)) / ours_seconds:6.1f} new tokens/s")
+    print(f"ours, same, first {peer_count}:          {ours_head_seconds:7.1f} s  {head_rate:6.2f} questions/s  "
+          f"{sum(map(len, ours_head)) / ours_head_seconds:6.1f} new tokens/s")
+    print(f"peer, per-sample no cache, first {peer_count}: {peer_seconds:7.1f} s  {peer_rate:6.2f} questions/s  "
+          f"{sum(map(len, peer)) / peer_seconds:6.1f} new tokens/s")
+    print(f"peer on all {len(questions)} (extrapolated from the first {peer_count}): "
+          f"{len(questions) / peer_rate:.0f} s vs ours {ours_seconds:.0f} s")
+    print()
+    print(f"answers identical, ours vs peer (first {peer_count}): {same}/{peer_count}; "
+          f"ours batched twice (all vs first {peer_count}): {head_same}/{peer_count}")
+    differing = [index for index, (a, b) in enumerate(zip(ours[:peer_count], peer)) if a != b]
+    for index in differing[:5]:
+        a, b = ours[index], peer[index]
+        print(f"  differs at question {index}: ours {tokenizer.decode(a)!r} | peer {tokenizer.decode(b)!r}")
+    print(f"ratio on the same first {peer_count} (ours / per-sample no-cache): {head_rate / peer_rate:.1f}x")
+    ratio = ours_rate / peer_rate
+    print(f"ratio (ours / per-sample no-cache): {ratio:.1f}x (target >= {TARGET_RATIO:.0f}x) "
+          f"{'OK' if ratio >= TARGET_RATIO else 'BELOW TARGET'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
