@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from medcap import config as medcap_config
 from medcap.checkpoint import atomic_write, load_image_encoder_weights, load_recipe_state, save_image_encoder, save_recipe_state
-from medcap.data import MedcapTransform, padded_collate_images
+from medcap.data import LengthGroupedSampler, MedcapTransform, padded_collate_images
 from medcap.models import set_trainable
 from medcap.training import LabelPositionCrossEntropy
 
@@ -43,7 +43,7 @@ class FullFinetuneRecipeSingleDevice:
     """Trains the image side of a :class:`~medcap.models.MedcapModel`; the decoder stays frozen.
 
     Config knobs (all overridable as ``key=value``): ``device`` (cpu/cuda), ``dtype`` (fp32/bf16),
-    ``seed``, ``epochs``, ``max_steps_per_epoch``, ``batch_size``, ``gradient_accumulation_steps``,
+    ``seed``, ``epochs``, ``max_steps_per_epoch``, ``batch_size``, ``shuffle``, ``group_by_length``, ``gradient_accumulation_steps``,
     ``optimizer`` (AdamW or bitsandbytes AdamW8bit), ``optimizer_in_bwd``, ``lr_scheduler``,
     ``clip_grad_norm``, ``enable_activation_checkpointing``, ``trainable`` (projector /
     encoder_and_projector / last_k_blocks with ``trainable_last_k_blocks``), ``vision_checkpoint``,
@@ -83,7 +83,10 @@ class FullFinetuneRecipeSingleDevice:
             image_transform=medcap_config.instantiate(cfg.image_transform),
         )
         self._dataset = medcap_config.instantiate(cfg.dataset, model_transform=transform)
-        self._sampler = DistributedSampler(self._dataset, num_replicas=1, rank=0, shuffle=cfg.shuffle, seed=cfg.seed)
+        if cfg.get("group_by_length", False):  # batches of similar length: less padding
+            self._sampler = LengthGroupedSampler(self._dataset.lengths, cfg.batch_size, seed=cfg.seed)
+        else:
+            self._sampler = DistributedSampler(self._dataset, num_replicas=1, rank=0, shuffle=cfg.shuffle, seed=cfg.seed)
         self._dataloader = DataLoader(
             self._dataset,
             batch_size=cfg.batch_size,

@@ -1,9 +1,13 @@
 """Print and save the result table of a run evaluated by recipes/generate.py.
 
     python tools/demo_summary.py --run-dir outputs/smollm2_synthetic --data-dir data/synthetic_vqa
+    python tools/demo_summary.py --run-dir outputs/smollm2_vqarad --train-json data/vqarad/vqarad_train.json \
+        --test-json data/vqarad/vqarad_test.json --extra-eval "blank images=outputs/smollm2_vqarad/eval_blank"
 
 Reads ``{run_dir}/eval/metrics_by_epoch.json`` (from ``recipes/generate.py``), the baselines saved
-beside the synthetic data (``baselines.json``) and the training logs; prints one table (closed
+beside the synthetic data (``baselines.json``; or computed from ``--train-json``/``--test-json``:
+the majority answer per question type and per question text, learned on train) and the training
+logs; ``--extra-eval NAME=DIR`` adds the rows of another evaluation (e.g. blank images); prints one table (closed
 accuracy, open exact match, answers in a trained form, BLEU-4 / ROUGE-L / CIDEr on captions, for
 the base model, each epoch and the baselines), writes it as ``results.md`` / ``results.json`` and
 plots the training loss (``loss.png``) in the eval folder.
@@ -20,6 +24,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from medcap.checkpoint import atomic_write  # noqa: E402
+from medcap.data.synthetic import compute_baselines  # noqa: E402
 from medcap.generation.report import plot_training_loss  # noqa: E402
 
 COLUMNS = {
@@ -33,9 +38,14 @@ COLUMNS = {
 }
 
 
-def summary_table(metrics_rows: List[Dict[str, Any]], baselines: Optional[Dict[str, Any]]) -> pd.DataFrame:
-    """One row per checkpoint and per baseline, the headline metrics as columns."""
-    rows = [{"model": row["checkpoint"], **{label: row.get(key) for key, label in COLUMNS.items()}} for row in metrics_rows]
+def summary_table(
+    metrics_rows: List[Dict[str, Any]], baselines: Optional[Dict[str, Any]], extra: Optional[Dict[str, List[Dict[str, Any]]]] = None
+) -> pd.DataFrame:
+    """One row per checkpoint, per extra evaluation's checkpoint and per baseline; headline metrics as columns."""
+    named = [(row["checkpoint"], row) for row in metrics_rows]
+    for name, rows in (extra or {}).items():
+        named += [(f"{row['checkpoint']} ({name})", row) for row in rows]
+    rows = [{"model": model, **{label: row.get(key) for key, label in COLUMNS.items()}} for model, row in named]
     for name in ("majority", "question_only"):
         if baselines and name in baselines:
             base = baselines[name]
@@ -49,6 +59,10 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, required=True, help="training output_dir")
     parser.add_argument("--data-dir", type=Path, help="synthetic data folder with baselines.json")
     parser.add_argument("--eval-dir", type=Path, help="default: RUN_DIR/eval")
+    parser.add_argument("--train-json", type=Path, help="compute baselines from these records (no baselines.json)")
+    parser.add_argument("--test-json", type=Path)
+    parser.add_argument("--extra-eval", action="append", default=[], metavar="NAME=DIR",
+                        help="add the rows of another recipes/generate.py output dir")
     args = parser.parse_args()
     eval_dir = args.eval_dir or args.run_dir / "eval"
     metrics_path = eval_dir / "metrics_by_epoch.json"
@@ -57,7 +71,13 @@ def main() -> None:
     metrics_rows = json.loads(metrics_path.read_text())
     baselines_path = args.data_dir / "baselines.json" if args.data_dir else None
     baselines = json.loads(baselines_path.read_text()) if baselines_path and baselines_path.is_file() else None
-    table = summary_table(metrics_rows, baselines)
+    if baselines is None and args.train_json and args.test_json:
+        baselines = compute_baselines(json.loads(args.train_json.read_text()), json.loads(args.test_json.read_text()))
+    extra = {}
+    for item in args.extra_eval:
+        name, _, directory = item.partition("=")
+        extra[name] = json.loads((Path(directory) / "metrics_by_epoch.json").read_text())
+    table = summary_table(metrics_rows, baselines, extra)
     text = table.round(2).to_string(na_rep="-")
     print(text)
     atomic_write(eval_dir / "results.md", lambda temp: Path(temp).write_text(text + "\n"))

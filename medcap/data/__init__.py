@@ -9,6 +9,7 @@ from typing import Any
 
 _EXPORTS = {
     "padded_collate_images": "medcap.data.collate",
+    "LengthGroupedSampler": "medcap.data.sampler",
     "ImageLoadError": "medcap.data.images",
     "load_image": "medcap.data.images",
     "open_clip_image_transform": "medcap.data.images",

@@ -234,6 +234,11 @@ class ShareGPTImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self._samples)
 
+    @property
+    def lengths(self) -> List[int]:
+        """Token count of every sample (for length-grouped batching)."""
+        return [len(tokens) for tokens, _, _, _ in self._samples]
+
     def __getitem__(self, index: int) -> Dict[str, Any]:
         tokens, labels, image_path, record_index = self._samples[index]
         image = None
