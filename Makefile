@@ -35,7 +35,7 @@ tiny-train: tiny-assets
 # the main job: a real frozen LLM (SmolLM2-135M-Instruct) learns to read synthetic scans on CPU
 demo-assets: $(STAMP)
 	$(PY) tools/import_gguf.py --smollm2 --output $(LLM_DIR)
-	$(PY) tools/make_synthetic_vqa.py --output $(DEMO_DATA) --num-images 400 --splits 0.7 0.05 0.25
+	$(PY) tools/make_synthetic_vqa.py --output $(DEMO_DATA) --num-images 400 --splits 0.85 0.05 0.1
 
 demo-train: demo-assets
 	rm -rf $(DEMO_RUN)

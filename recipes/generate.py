@@ -48,6 +48,7 @@ class GenerationRecipe:
     ``run_dir`` (a training ``output_dir``) and ``checkpoints`` (``all``: ``base`` + every
     ``epoch_*``; ``last``; ``base``; or a list of names / paths); ``dataset.source`` (+ ``image_dir``,
     ``skip_bad_records``) or ``image`` + ``prompt``; ``mode`` (``direct`` | ``describe_then_answer``),
+    ``max_new_tokens_by_answer_type`` (e.g. ``{CLOSED: 8, OPEN: 16}``: short answers stop early),
     ``few_shot`` (list of ``{question, answer}``); ``batch_size``, ``max_new_tokens``,
     ``temperature``, ``top_k``, ``seed``; ``max_samples``; ``meteor``; ``output_dir``;
     ``train_source`` (optional training JSON: adds the share of answers in a trained form);
@@ -136,8 +137,29 @@ class GenerationRecipe:
             })
         return samples, skipped
 
-    def _answer(self, questions: List[str], image_paths: List[str], descriptions: Optional[List[str]] = None) -> List[str]:
-        """Generate answers for a list of questions, in batches."""
+    def _answer(
+        self,
+        questions: List[str],
+        image_paths: List[str],
+        descriptions: Optional[List[str]] = None,
+        max_new_tokens: Optional[List[int]] = None,
+    ) -> List[str]:
+        """Generate answers for a list of questions, in batches of equal token limits."""
+        limits = max_new_tokens or [self._cfg.max_new_tokens] * len(questions)
+        groups: Dict[int, List[int]] = {}
+        for index, limit in enumerate(limits):
+            groups.setdefault(limit, []).append(index)
+        answers: List[str] = [""] * len(questions)
+        for limit, indices in groups.items():
+            pick = lambda values: [values[i] for i in indices]  # noqa: E731
+            outputs = self._answer_batches(pick(questions), pick(image_paths), pick(descriptions) if descriptions else None, limit)
+            for index, answer in zip(indices, outputs):
+                answers[index] = answer
+        return answers
+
+    def _answer_batches(
+        self, questions: List[str], image_paths: List[str], descriptions: Optional[List[str]], max_new_tokens: int
+    ) -> List[str]:
         cfg = self._cfg
         few_shot = [(e["question"], e["answer"]) for e in cfg.get("few_shot", None) or []]
         answers: List[str] = []
@@ -161,7 +183,7 @@ class GenerationRecipe:
             stacked = torch.stack(images).to(self._device, self._dtype) if images else None
             outputs = generate(
                 self._model, prompts, stacked, pad_id=self._tokenizer.pad_id, stop_tokens=self._tokenizer.stop_tokens,
-                max_new_tokens=cfg.max_new_tokens, temperature=cfg.get("temperature", 0.0), top_k=cfg.get("top_k", None),
+                max_new_tokens=max_new_tokens, temperature=cfg.get("temperature", 0.0), top_k=cfg.get("top_k", None),
                 generator=generator,
             )
             answers += [self._tokenizer.decode(out).strip() for out in outputs]
@@ -170,14 +192,16 @@ class GenerationRecipe:
     def _predict(self, samples: List[Dict[str, Any]]) -> pd.DataFrame:
         questions = [s["question"] for s in samples]
         images = [s["image"] for s in samples]
+        by_type = self._cfg.get("max_new_tokens_by_answer_type", None) or {}
+        limits = [by_type.get(s["answer_type"].upper(), self._cfg.max_new_tokens) for s in samples]
         if self._cfg.get("mode", "direct") == "describe_then_answer":
             unique_images = sorted({path for path in images if path})
             described = dict(zip(unique_images, self._answer([None] * len(unique_images), unique_images, [None] * len(unique_images))))
             descriptions = [described.get(path) for path in images]
-            predictions = self._answer(questions, images, descriptions)
+            predictions = self._answer(questions, images, descriptions, limits)
             frame = pd.DataFrame(samples).assign(prediction=predictions, description=descriptions)
         else:
-            frame = pd.DataFrame(samples).assign(prediction=self._answer(questions, images))
+            frame = pd.DataFrame(samples).assign(prediction=self._answer(questions, images, max_new_tokens=limits))
         return frame
 
     def quick_look(self, image: str, prompt: str) -> None:
