@@ -116,3 +116,28 @@ def test_cli_generate(tiny_assets, run_dir, tmp_path):
                             env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epoch_1" in result.stdout and (tmp_path / "epoch_1/predictions.csv").is_file()
+
+
+def test_token_limits_by_answer_type(tiny_assets, run_dir, tmp_path, monkeypatch):
+    module = _load_recipe("generate")
+    seen = []
+    real_generate = module.generate
+
+    def recording_generate(model, prompts, images, **kwargs):
+        seen.append((len(prompts), kwargs["max_new_tokens"]))
+        return real_generate(model, prompts, images, **kwargs)
+
+    monkeypatch.setattr(module, "generate", recording_generate)
+    records = json.loads(tiny_assets["data"].read_text())
+    for index, record in enumerate(records):
+        record["answer_type"] = "OPEN" if index % 4 == 0 else "CLOSED"
+    source = tmp_path / "mixed.json"
+    source.write_text(json.dumps(records))
+    cfg = OmegaConf.merge(OmegaConf.load(GENERATE_CONFIG), OmegaConf.from_dotlist(
+        [f"run_dir={run_dir}", f"output_dir={tmp_path / 'out'}", f"dataset.source={source}", "checkpoints=last",
+         f"dataset.image_dir={tiny_assets['data'].parent}", "max_new_tokens=9", "batch_size=4"]))
+    cfg.max_new_tokens_by_answer_type = {"CLOSED": 2, "OPEN": 5}
+    recipe = module.GenerationRecipe(cfg)
+    recipe.setup(cfg)
+    recipe.run()
+    assert sorted(seen) == sorted([(4, 2), (2, 2), (2, 5)])  # 6 CLOSED in batches of 4, 2 OPEN
