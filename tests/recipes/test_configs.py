@@ -38,16 +38,17 @@ def test_config_is_valid(path: Path):
     text = path.read_text()
     assert text.startswith("#"), f"{path.name}: must start with a comment giving the launch command"
     header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
-    launches = re.findall(r"(?:tune run|python) (recipes/\S+\.py) --config (\S+)", header)
-    assert launches, f"{path.name}: the header comment has no launch command"
-    for recipe, config in launches:
-        assert (REPO_ROOT / recipe).is_file(), f"{path.name}: launch command names missing recipe {recipe}"
-        assert (REPO_ROOT / config).resolve() == path.resolve(), f"{path.name}: launch command names {config}"
+    launches = re.findall(r"(?:tune run|python) ((?:recipes|tools)/\S+\.py) --config (\S+)", header)
+    own = [(script, config) for script, config in launches if (REPO_ROOT / config).resolve() == path.resolve()]
+    assert own, f"{path.name}: the header comment has no launch command with --config {path.relative_to(REPO_ROOT)}"
+    for script, config in launches:
+        assert (REPO_ROOT / script).is_file(), f"{path.name}: launch command names missing script {script}"
+        assert (REPO_ROOT / config).is_file(), f"{path.name}: launch command names missing config {config}"
     cfg = OmegaConf.load(path)
     OmegaConf.resolve(cfg)  # every interpolation resolves
     for where, component in _components(cfg):
         _get_component_from_path(component)  # raises if the dotpath does not import
-    if any("full_finetune" in recipe for recipe, _ in launches):
+    if any("full_finetune" in script for script, _ in own):
         missing = TRAINING_KEYS - set(cfg)
         assert not missing, f"{path.name}: missing keys {sorted(missing)}"
         assert cfg.dtype in ("fp32", "bf16") and cfg.device in ("cpu", "cuda")
