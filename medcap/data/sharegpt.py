@@ -15,7 +15,6 @@ the JSON file's folder. Image paths may not leave their root.
 
 import json
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch.utils.data import Dataset
 from torchtune.data import Message
 from tqdm import tqdm
 
+from medcap.data.converters.common import image_root, resolve_image_path
 from medcap.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageLoadError, load_image
 from medcap.data.transform import MedcapTransform
 
@@ -125,22 +125,17 @@ def _resolve_image(record: Dict[str, Any], source: Any, index: int, image_dir: O
         return None
     if not isinstance(image, str):
         raise RecordError(source, index, "image", f"expected a relative path string, got {type(image).__name__}")
-    root = image_dir
-    if root is None:
-        meta = record.get("meta")
-        if isinstance(meta, str) and meta.startswith("dir="):
-            root = Path(meta[len("dir="):])
-        elif meta is not None:
-            raise RecordError(source, index, "meta", f"expected 'dir=/image/root', got {meta!r}")
-    if root is None:
-        root = Path(source).parent if isinstance(source, (str, Path)) else Path(".")
-    root = Path(root).expanduser().resolve()
-    # Lexical check: ``..`` and absolute paths may not leave the root, symlinks inside it may point
-    # anywhere (a Hugging Face snapshot links each file into a blob folder beside it).
-    path = Path(os.path.normpath(root / image))
-    if not path.is_relative_to(root):
-        raise RecordError(source, index, "image", f"path {image!r} escapes the image directory {root}")
-    return path
+    meta = record.get("meta")
+    if image_dir is None and meta is not None and not (isinstance(meta, str) and meta.startswith("dir=")):
+        raise RecordError(source, index, "meta", f"expected 'dir=/image/root', got {meta!r}")
+    file_dir = Path(source).parent if isinstance(source, (str, Path)) else Path(".")
+    root = image_root(record, None if image_dir is None else str(image_dir), str(file_dir))
+    path = resolve_image_path(root, image)
+    if path is None:
+        raise RecordError(
+            source, index, "image", f"path {image!r} escapes the image directory {Path(root).expanduser().resolve()}"
+        )
+    return Path(path)
 
 
 def to_messages(turns: List[Tuple[str, str]], has_image: bool, *, train_on_input: bool = False) -> List[Message]:

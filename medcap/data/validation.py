@@ -25,6 +25,7 @@ from medcap.data.converters.common import (
     GPT_ROLES,
     HUMAN_ROLES,
     image_root,
+    resolve_image_path,
     read_records,
     schema_problems,
     SPLITS,
@@ -204,11 +205,11 @@ def _load(paths: Sequence[str], image_dir: Optional[str], issues: List[Issue]):
                 continue
             image_path = None
             if record.get("image"):
-                root = os.path.realpath(image_root(record, image_dir, file_dir))
-                image_path = os.path.realpath(os.path.join(root, record["image"]))
-                if os.path.commonpath([root, image_path]) != root:
+                root = image_root(record, image_dir, file_dir)
+                image_path = resolve_image_path(root, record["image"])
+                if image_path is None:
                     invalid[partition] = invalid.get(partition, 0) + 1
-                    issues.append(Issue("error", path, index, "image", f"path escapes the image directory {root}"))
+                    issues.append(Issue("error", path, index, "image", f"path escapes the image directory {os.path.realpath(root)}"))
                     continue
             entries.append(_Entry(path, index, partition, record, image_path))
     return entries, partitions, invalid

@@ -179,3 +179,17 @@ def test_files_with_the_same_name_keep_apart(tmp_path):
     assert list(report.summary["records"]) == [1, 1, 0]
     (error,) = report.errors
     assert (error.file, error.record) == (str(tmp_path / "missing.json"), None) and "does not exist" in error.message
+
+
+def test_image_paths_follow_the_training_dataset_rule(tmp_path):
+    # A symlink inside the root may point outside it (Hugging Face snapshots); ``..`` may not leave it.
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshot"
+    blobs.mkdir()
+    (snapshot / "images").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(blobs / "scan.png")
+    (snapshot / "images" / "scan.png").symlink_to(blobs / "scan.png")
+    path = snapshot / "data.json"
+    path.write_text(json.dumps([vqa("q1", "a1", image="images/scan.png"), vqa("q2", "a2", image="../blobs/scan.png")]))
+    report = validate_files([str(path)], progress=False)
+    assert [(issue.record, issue.field) for issue in report.errors] == [(1, "image")]
+    assert "escapes the image directory" in report.errors[0].message

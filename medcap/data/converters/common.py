@@ -294,6 +294,18 @@ def image_root(record: dict, image_dir: Optional[str] = None, file_dir: Optional
     return file_dir
 
 
+def resolve_image_path(root: str, image: str) -> Optional[str]:
+    """``root/image`` with the root's symlinks resolved, or None when the path leaves the root.
+
+    The check is lexical: ``..`` and absolute paths may not leave the root, while symlinks inside
+    it may point anywhere (a Hugging Face snapshot links each file into a blob folder beside it).
+    The training dataset and the validator both use this rule.
+    """
+    real_root = os.path.realpath(os.path.expanduser(root))
+    path = os.path.normpath(os.path.join(real_root, image))
+    return path if os.path.commonpath([real_root, path]) == real_root else None
+
+
 def caption_records(
     items: Sequence[tuple],
     *,
