@@ -6,7 +6,7 @@ LLaVA moves the marker to the start of the prompt whatever its place, and ignore
 """
 
 import copy
-from typing import Optional
+from typing import Any, Optional
 
 from medcap.data.converters.common import (
     check_sharegpt_record,
@@ -48,6 +48,25 @@ def strip_leading_marker(record: dict) -> dict:
 LLAVA_ROLES = {"user": HUMAN, "assistant": GPT}
 
 
+def foreign_conversation_record(row: Any, path: str, index: int) -> dict:
+    """A copy of another tool's record (LLaVA, PLM) whose ``conversations`` is a non-empty list."""
+    record = copy.deepcopy(require_dict(row, path, index))
+    conversations = record.get("conversations")
+    if not isinstance(conversations, list) or not conversations:
+        raise DatasetFormatError("must be a non-empty list of turns", file=path, record=index, field="conversations")
+    return record
+
+
+def finish_foreign_record(record: dict, path: str, index: int, image_dir: Optional[str], split: Optional[str]) -> dict:
+    """Drop a leading ``<image>`` marker, default ``meta`` and ``split``, and check the ShareGPT schema."""
+    strip_leading_marker(record)
+    if image_dir is not None and record.get("image") is not None:
+        record.setdefault("meta", f"dir={image_dir}")
+    if split is not None:
+        record.setdefault("split", split)
+    return check_sharegpt_record(record, path, index)
+
+
 def to_llava(records: list) -> list:
     """ShareGPT records -> LLaVA records: roles ``human`` / ``gpt`` (LLaVA knows no others), a
     leading ``<image>`` marker; extra fields, ``meta`` included, are kept (LLaVA ignores them;
@@ -77,16 +96,6 @@ def from_llava(path: str, *, image_dir: Optional[str] = None, split: Optional[st
     """
     records = []
     for index, row in enumerate(read_json_list(path)):
-        record = copy.deepcopy(require_dict(row, path, index))
-        conversations = record.get("conversations")
-        if not isinstance(conversations, list) or not conversations:
-            raise DatasetFormatError(
-                "must be a non-empty list of turns", file=path, record=index, field="conversations"
-            )
-        strip_leading_marker(record)
-        if image_dir is not None and record.get("image") is not None:
-            record.setdefault("meta", f"dir={image_dir}")
-        if split is not None:
-            record.setdefault("split", split)
-        records.append(check_sharegpt_record(record, path, index))
+        record = foreign_conversation_record(row, path, index)
+        records.append(finish_foreign_record(record, path, index, image_dir, split))
     return records

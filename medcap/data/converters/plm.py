@@ -9,14 +9,12 @@ import copy
 from typing import Optional
 
 from medcap.data.converters.common import (
-    check_sharegpt_record,
     DatasetFormatError,
     GPT,
     HUMAN,
     read_jsonl,
-    require_dict,
 )
-from medcap.data.converters.llava import strip_leading_marker
+from medcap.data.converters.llava import finish_foreign_record, foreign_conversation_record
 
 PLM_ROLES = {HUMAN: "human", "user": "human", GPT: "assistant", "assistant": "assistant"}
 SHAREGPT_ROLES = {"human": HUMAN, "user": HUMAN, "assistant": GPT, "gpt": GPT, "system": "system"}
@@ -49,13 +47,8 @@ def from_plm(path: str, *, image_dir: Optional[str] = None, split: Optional[str]
     """
     records = []
     for index, row in enumerate(read_jsonl(path)):
-        record = copy.deepcopy(require_dict(row, path, index))
-        conversations = record.get("conversations")
-        if not isinstance(conversations, list) or not conversations:
-            raise DatasetFormatError(
-                "must be a non-empty list of turns", file=path, record=index, field="conversations"
-            )
-        for turn_index, turn in enumerate(conversations):
+        record = foreign_conversation_record(row, path, index)
+        for turn_index, turn in enumerate(record["conversations"]):
             field = f"conversations[{turn_index}].from"
             if not isinstance(turn, dict) or not isinstance(turn.get("from"), str):
                 raise DatasetFormatError(
@@ -64,10 +57,5 @@ def from_plm(path: str, *, image_dir: Optional[str] = None, split: Optional[str]
             if turn["from"] not in SHAREGPT_ROLES:
                 raise DatasetFormatError(f"unknown role {turn['from']!r}", file=path, record=index, field=field)
             turn["from"] = SHAREGPT_ROLES[turn["from"]]
-        strip_leading_marker(record)
-        if image_dir is not None and record.get("image") is not None:
-            record.setdefault("meta", f"dir={image_dir}")
-        if split is not None:
-            record.setdefault("split", split)
-        records.append(check_sharegpt_record(record, path, index))
+        records.append(finish_foreign_record(record, path, index, image_dir, split))
     return records
