@@ -7,10 +7,9 @@ A file holds a JSON list of records::
      "meta": "dir=/images/root",         # optional image root
      ...}                                # extra fields (answer_type, ...) are kept for evaluation
 
-Turns alternate human/gpt, starting with human (an optional leading ``system`` turn is allowed).
-A human value may contain ``<image>`` to place the image; without it the image opens the first
-human turn. The image root is, in order: the ``image_dir`` argument, the record's ``meta`` ``dir=``,
-the JSON file's folder. Image paths may not leave their root.
+The record rules (speakers, alternation, image slot, image root, empty turns) live in
+:mod:`medcap.data.schema`, shared with the validator, the converters and generation. A human value
+may contain ``<image>`` to place the image; without it the image opens the first human turn.
 """
 
 import json
@@ -18,20 +17,18 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from torch.utils.data import Dataset
 from torchtune.data import Message
 from tqdm import tqdm
 
-from medcap.data.converters.common import image_root, resolve_image_path
+from medcap.data.schema import IMAGE_MARKER, check_record
 from medcap.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageLoadError, load_image
 from medcap.data.transform import MedcapTransform
 
 log = logging.getLogger(__name__)
-
-IMAGE_MARKER = "<image>"
-_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+IMAGE_CHECKS = ("decode", "exists", "none")
 
 
 class RecordError(ValueError):
@@ -68,11 +65,11 @@ def load_records(source: Path) -> List[Any]:
 
 
 def parse_record(record: Any, source: Any, index: int, image_dir: Optional[Path] = None) -> ParsedRecord:
-    """Validate one record and resolve its image path.
+    """Read one record by the rules of :mod:`medcap.data.schema`; raise at its first problem.
 
     Args:
         record (Any): the JSON value.
-        source (Any): the file it came from (for messages).
+        source (Any): the file it came from (for messages; its folder is the last image root).
         index (int): its index in the file.
         image_dir (Optional[Path]): image root overriding ``meta``.
 
@@ -82,60 +79,13 @@ def parse_record(record: Any, source: Any, index: int, image_dir: Optional[Path]
     Raises:
         RecordError: naming the file, record and field.
     """
-    if not isinstance(record, dict):
-        raise RecordError(source, index, "<record>", f"expected an object, got {type(record).__name__}")
-    conversations = record.get("conversations")
-    if not isinstance(conversations, list) or not conversations:
-        raise RecordError(source, index, "conversations", "missing or not a non-empty list")
-    turns: List[Tuple[str, str]] = []
-    for turn_index, turn in enumerate(conversations):
-        field = f"conversations[{turn_index}]"
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-            raise RecordError(source, index, field, "expected {'from': ..., 'value': <string>}")
-        role = _ROLES.get(turn.get("from"))
-        if role is None:
-            raise RecordError(source, index, f"{field}.from", f"unknown speaker {turn.get('from')!r} (use human/gpt)")
-        if role == "system" and turn_index != 0:
-            raise RecordError(source, index, f"{field}.from", "a system turn may only come first")
-        turns.append((role, turn["value"]))
-    dialogue = turns[1:] if turns[0][0] == "system" else turns
-    for position, (role, text) in enumerate(dialogue):
-        expected = "user" if position % 2 == 0 else "assistant"
-        turn_index = position + len(turns) - len(dialogue)
-        if role != expected:
-            raise RecordError(
-                source, index, f"conversations[{turn_index}].from",
-                f"turns must alternate human/gpt starting with human; expected {expected}, got {role}",
-            )
-        if not text.strip():
-            what = "empty answer" if role == "assistant" else "empty question"
-            raise RecordError(source, index, f"conversations[{turn_index}].value", what)
-    if not dialogue or dialogue[-1][0] != "assistant":
-        raise RecordError(source, index, "conversations", "must end with a gpt answer")
-    image_path = _resolve_image(record, source, index, image_dir)
-    markers = sum(text.count(IMAGE_MARKER) for role, text in turns if role == "user")
-    if markers > (1 if image_path else 0):
-        raise RecordError(source, index, "conversations", f"{markers} '{IMAGE_MARKER}' markers but {int(bool(image_path))} image")
-    return ParsedRecord(turns=turns, image_path=image_path, record=record)
-
-
-def _resolve_image(record: Dict[str, Any], source: Any, index: int, image_dir: Optional[Path]) -> Optional[Path]:
-    image = record.get("image")
-    if image is None or image == "":
-        return None
-    if not isinstance(image, str):
-        raise RecordError(source, index, "image", f"expected a relative path string, got {type(image).__name__}")
-    meta = record.get("meta")
-    if image_dir is None and meta is not None and not (isinstance(meta, str) and meta.startswith("dir=")):
-        raise RecordError(source, index, "meta", f"expected 'dir=/image/root', got {meta!r}")
-    file_dir = Path(source).parent if isinstance(source, (str, Path)) else Path(".")
-    root = image_root(record, None if image_dir is None else str(image_dir), str(file_dir))
-    path = resolve_image_path(root, image)
-    if path is None:
-        raise RecordError(
-            source, index, "image", f"path {image!r} escapes the image directory {Path(root).expanduser().resolve()}"
-        )
-    return Path(path)
+    file_dir = str(Path(source).parent) if isinstance(source, (str, Path)) else None
+    parsed, problems = check_record(record, None if image_dir is None else str(image_dir), file_dir)
+    if problems:
+        raise RecordError(source, index, problems[0].field, problems[0].message)
+    return ParsedRecord(
+        turns=parsed.turns, image_path=Path(parsed.image_path) if parsed.image_path else None, record=parsed.record
+    )
 
 
 def to_messages(turns: List[Tuple[str, str]], has_image: bool, *, train_on_input: bool = False) -> List[Message]:
@@ -154,6 +104,80 @@ def to_messages(turns: List[Tuple[str, str]], has_image: bool, *, train_on_input
         masked = role != "assistant" and not train_on_input
         messages.append(Message(role=role, content=content, masked=masked))
     return messages
+
+
+def _collect_records(
+    source: Path,
+    image_dir: Optional[str],
+    image_check: str,
+    max_image_pixels: int,
+    skip_bad_records: bool,
+    accept: Callable[[int, ParsedRecord], None],
+    max_records: Optional[int] = None,
+) -> List[RecordError]:
+    """Read, check and hand over every record of a file: the one data path of training and evaluation.
+
+    Each record is parsed by the schema, its image checked (``image_check``: ``decode`` decodes
+    each distinct image once, ``exists``, ``none``), then given to ``accept`` (which may raise
+    :class:`RecordError` too, e.g. when tokenizing). Bad records raise, or with
+    ``skip_bad_records`` are skipped and counted per reason in one warning.
+
+    Returns:
+        List[RecordError]: the skipped records' errors.
+
+    Raises:
+        RecordError: the first bad record (without ``skip_bad_records``), or a file without any
+            usable record.
+    """
+    if image_check not in IMAGE_CHECKS:
+        raise ValueError(f"image_check must be one of {', '.join(map(repr, IMAGE_CHECKS))}, got {image_check!r}")
+    root = Path(image_dir) if image_dir else None
+    records = load_records(source)
+    if max_records is not None:
+        records = records[:max_records]
+    checked: Dict[Path, Optional[str]] = {}  # image -> error, each distinct image checked once
+    skipped: List[RecordError] = []
+    accepted = 0
+    for index, record in enumerate(tqdm(records, desc=f"checking {source.name}", leave=False, disable=len(records) < 2000)):
+        try:
+            parsed = parse_record(record, source, index, root)
+            if parsed.image_path is not None and image_check != "none":
+                if parsed.image_path not in checked:
+                    checked[parsed.image_path] = _image_problem(parsed.image_path, image_check, max_image_pixels)
+                if checked[parsed.image_path] is not None:
+                    raise RecordError(source, index, "image", checked[parsed.image_path])
+            accept(index, parsed)
+            accepted += 1
+        except RecordError as error:
+            if not skip_bad_records:
+                raise
+            skipped.append(error)
+    if skipped:
+        reasons = Counter(f"{e.field.split('[')[0]}: {e.reason.split(':')[0]}" for e in skipped)
+        log.warning(
+            "%s: skipped %d of %d records: %s", source, len(skipped), len(records),
+            "; ".join(f"{count} x {reason}" for reason, count in reasons.most_common()),
+        )
+    if not accepted:
+        raise RecordError(source, None, "<file>", f"no usable records ({len(records)} in file, {len(skipped)} skipped)")
+    return skipped
+
+
+def _image_problem(path: Path, image_check: str, max_image_pixels: int) -> Optional[str]:
+    if image_check == "exists":
+        return None if path.is_file() else f"image not found: {path}"
+    try:
+        load_image(path, max_image_pixels)
+    except ImageLoadError as error:
+        return str(error)
+    return None
+
+
+def _load_sample_image(source: Path, record_index: int, image_path: Path, max_image_pixels: int):
+    try:
+        return load_image(image_path, max_image_pixels)
+    except ImageLoadError as error:
+        raise RecordError(source, record_index, "image", str(error)) from error
 
 
 class ShareGPTImageDataset(Dataset):
@@ -182,49 +206,22 @@ class ShareGPTImageDataset(Dataset):
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         train_on_input: bool = False,
     ):
-        if image_check not in ("decode", "exists", "none"):
-            raise ValueError(f"image_check must be 'decode', 'exists' or 'none', got {image_check!r}")
         self.source = Path(source)
         self.model_transform = model_transform
         self.max_image_pixels = max_image_pixels
-        self.skipped: List[RecordError] = []
-        root = Path(image_dir) if image_dir else None
         self._samples: List[Tuple[List[int], List[int], Optional[Path], int]] = []  # + index in the file
         self.records: List[Dict[str, Any]] = []
-        records = load_records(self.source)
-        for index, record in enumerate(tqdm(records, desc=f"checking {self.source.name}", leave=False, disable=len(records) < 2000)):
-            try:
-                self._add(record, index, root, image_check, train_on_input)
-            except RecordError as error:
-                if not skip_bad_records:
-                    raise
-                self.skipped.append(error)
-        if self.skipped:
-            reasons = Counter(f"{e.field.split('[')[0]}: {e.reason.split(':')[0]}" for e in self.skipped)
-            log.warning(
-                "%s: skipped %d of %d records: %s", self.source, len(self.skipped), len(records),
-                "; ".join(f"{count} x {reason}" for reason, count in reasons.most_common()),
-            )
-        if not self._samples:
-            raise RecordError(self.source, None, "<file>", f"no usable records ({len(records)} in file, {len(self.skipped)} skipped)")
 
-    def _add(self, record: Any, index: int, root: Optional[Path], image_check: str, train_on_input: bool) -> None:
-        parsed = parse_record(record, self.source, index, root)
-        if parsed.image_path is not None and image_check != "none":
-            if image_check == "exists" and not parsed.image_path.is_file():
-                raise RecordError(self.source, index, "image", f"image not found: {parsed.image_path}")
-            if image_check == "decode":
-                try:
-                    load_image(parsed.image_path, self.max_image_pixels)
-                except ImageLoadError as error:
-                    raise RecordError(self.source, index, "image", str(error)) from error
-        messages = to_messages(parsed.turns, parsed.image_path is not None, train_on_input=train_on_input)
-        try:
-            tokens, labels = self.model_transform.tokenize(messages)
-        except ValueError as error:
-            raise RecordError(self.source, index, "conversations", str(error)) from error
-        self._samples.append((tokens, labels, parsed.image_path, index))
-        self.records.append(parsed.record)
+        def accept(index: int, parsed: ParsedRecord) -> None:
+            messages = to_messages(parsed.turns, parsed.image_path is not None, train_on_input=train_on_input)
+            try:
+                tokens, labels = self.model_transform.tokenize(messages)
+            except ValueError as error:
+                raise RecordError(self.source, index, "conversations", str(error)) from error
+            self._samples.append((tokens, labels, parsed.image_path, index))
+            self.records.append(parsed.record)
+
+        self.skipped = _collect_records(self.source, image_dir, image_check, max_image_pixels, skip_bad_records, accept)
 
     def __len__(self) -> int:
         return len(self._samples)
@@ -238,13 +235,78 @@ class ShareGPTImageDataset(Dataset):
         tokens, labels, image_path, record_index = self._samples[index]
         image = None
         if image_path is not None:
-            try:
-                pil_image = load_image(image_path, self.max_image_pixels)
-            except ImageLoadError as error:
-                raise RecordError(self.source, record_index, "image", str(error)) from error
+            pil_image = _load_sample_image(self.source, record_index, image_path, self.max_image_pixels)
             transform = self.model_transform.image_transform
             image = transform(pil_image) if transform is not None else pil_image
         return {"tokens": list(tokens), "labels": list(labels), "image": image}
+
+
+# fields of a record that are not carried to the predictions table as metadata
+_NOT_METADATA = ("conversations", "image", "meta")
+
+
+class ShareGPTEvalDataset:
+    """A medcap ShareGPT JSON file as evaluation samples: question, reference, image and metadata.
+
+    The same data path as :class:`ShareGPTImageDataset` (schema rules, image roots, ``image_check``,
+    skip-and-count of bad records); only the output differs: one row per record for generation,
+    with every scalar field of the record (``answer_type``, ``question_type``, ``content_type``,
+    ``modality`` ...) carried as metadata to the predictions table.
+
+    Args:
+        source (str): path to the JSON file.
+        image_dir (Optional[str]): image root overriding each record's ``meta``.
+        skip_bad_records (bool): skip invalid records (counted) instead of raising.
+        image_check (str): ``"decode"``, ``"exists"`` or ``"none"``.
+        max_image_pixels (int): refuse larger images.
+        max_samples (Optional[int]): read only the first records of the file.
+
+    Attributes:
+        samples (List[Dict[str, Any]]): ``id``, ``image`` (path or ""), ``question``, ``reference``,
+            ``answer_type``, ``question_type`` and the record's other scalar fields.
+        skipped (List[RecordError]): the skipped records.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        image_dir: Optional[str] = None,
+        skip_bad_records: bool = False,
+        image_check: str = "decode",
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        max_samples: Optional[int] = None,
+    ):
+        self.source = Path(source)
+        self.max_image_pixels = max_image_pixels
+        self.samples: List[Dict[str, Any]] = []
+        self._record_index: List[int] = []
+
+        def accept(index: int, parsed: ParsedRecord) -> None:
+            metadata = {
+                key: value for key, value in parsed.record.items()
+                if key not in _NOT_METADATA and (value is None or isinstance(value, (str, int, float, bool)))
+            }
+            self.samples.append({
+                **metadata,
+                "id": parsed.record.get("id", index),
+                "image": str(parsed.image_path or ""),
+                "question": next(text for role, text in parsed.turns if role == "user"),
+                "reference": next(text for role, text in parsed.turns if role == "assistant"),
+                "answer_type": str(parsed.record.get("answer_type", "") or "").strip(),
+                "question_type": str(parsed.record.get("question_type", "") or ""),
+            })
+            self._record_index.append(index)
+
+        self.skipped = _collect_records(
+            self.source, image_dir, image_check, max_image_pixels, skip_bad_records, accept, max_records=max_samples
+        )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_image(self, index: int):
+        """The decoded image (PIL, RGB) of sample ``index``; a bad file raises :class:`RecordError`."""
+        return _load_sample_image(self.source, self._record_index[index], Path(self.samples[index]["image"]), self.max_image_pixels)
 
 
 def sharegpt_image_dataset(
@@ -263,4 +325,22 @@ def sharegpt_image_dataset(
     return ShareGPTImageDataset(
         source, model_transform, image_dir=image_dir, skip_bad_records=skip_bad_records,
         image_check=image_check, max_image_pixels=max_image_pixels, train_on_input=train_on_input,
+    )
+
+
+def sharegpt_eval_dataset(
+    source: str,
+    image_dir: Optional[str] = None,
+    skip_bad_records: bool = False,
+    image_check: str = "decode",
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    max_samples: Optional[int] = None,
+) -> ShareGPTEvalDataset:
+    """Evaluation dataset builder for configs (``_component_: medcap.data.sharegpt_eval_dataset``).
+
+    See :class:`ShareGPTEvalDataset` for the arguments.
+    """
+    return ShareGPTEvalDataset(
+        source, image_dir=image_dir, skip_bad_records=skip_bad_records, image_check=image_check,
+        max_image_pixels=max_image_pixels, max_samples=max_samples,
     )

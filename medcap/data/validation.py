@@ -20,16 +20,8 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from medcap.data.converters.common import (
-    DatasetFormatError,
-    GPT_ROLES,
-    HUMAN_ROLES,
-    image_root,
-    resolve_image_path,
-    read_records,
-    schema_problems,
-    SPLITS,
-)
+from medcap.data.converters.common import DatasetFormatError, SPLITS, read_records
+from medcap.data.schema import check_record, first_question
 
 WORD_COUNT_NOTE = (
     "lengths are whitespace-separated words, an approximation: subword tokenizers usually give "
@@ -143,7 +135,7 @@ def check_images(paths: Sequence[str], num_workers: int = 8, progress: bool = Tr
 
 
 def _first_question(record: dict) -> str:
-    return next(turn["value"] for turn in record["conversations"] if turn["from"] in HUMAN_ROLES).strip()
+    return first_question(record).strip()
 
 
 def _record_text(record: dict) -> str:
@@ -173,6 +165,7 @@ class _Entry:
     partition: str
     record: dict
     image_path: Optional[str]
+    empty_answers: int = 0
 
 
 def _load(paths: Sequence[str], image_dir: Optional[str], issues: List[Issue]):
@@ -198,20 +191,13 @@ def _load(paths: Sequence[str], image_dir: Optional[str], issues: List[Issue]):
             partition = f"{name}:{split}" if by_split and isinstance(split, str) else name
             if partition not in partitions:
                 partitions.append(partition)
-            problems = schema_problems(record)
-            if problems:
+            parsed, problems = check_record(record, image_dir, file_dir)
+            issues += [Issue("error", path, index, problem.field, problem.message) for problem in problems]
+            if parsed is None:
                 invalid[partition] = invalid.get(partition, 0) + 1
-                issues += [Issue("error", path, index, problem_field, message) for problem_field, message in problems]
                 continue
-            image_path = None
-            if record.get("image"):
-                root = image_root(record, image_dir, file_dir)
-                image_path = resolve_image_path(root, record["image"])
-                if image_path is None:
-                    invalid[partition] = invalid.get(partition, 0) + 1
-                    issues.append(Issue("error", path, index, "image", f"path escapes the image directory {os.path.realpath(root)}"))
-                    continue
-            entries.append(_Entry(path, index, partition, record, image_path))
+            empty_answers = sum(problem.message == "empty answer" for problem in problems)
+            entries.append(_Entry(path, index, partition, record, parsed.image_path, empty_answers))
     return entries, partitions, invalid
 
 
@@ -278,11 +264,7 @@ def _partition_row(partition, members, lengths, invalid, image_checks, image_ide
     duplicate_questions = duplicate_records = 0
     seen_keys, seen_records = set(), set()
     for entry in members:
-        for turn_index, turn in enumerate(entry.record["conversations"]):
-            if turn["from"] != "system" and not turn["value"].strip():
-                empty_answers += turn["from"] in GPT_ROLES
-                what = "empty answer" if turn["from"] in GPT_ROLES else "empty question"
-                issues.append(Issue("error", entry.file, entry.index, f"conversations[{turn_index}].value", what))
+        empty_answers += entry.empty_answers
         key = (image_identity(entry) if entry.image_path else None, _first_question(entry.record))
         if key in seen_keys:
             duplicate_questions += 1
