@@ -17,7 +17,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 if __package__ in (None, ""):  # `python recipes/x.py`: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -31,14 +31,14 @@ from tqdm import tqdm
 
 from medcap import config as medcap_config
 from medcap.checkpoint import IMAGE_ENCODER_FILE, atomic_write, load_image_encoder_weights
-from medcap.data import MedcapTransform, RecordError, load_image, parse_record
-from medcap.data.images import ImageLoadError
-from medcap.data.sharegpt import load_records
+from medcap.data import MedcapTransform, load_image, load_records
 from medcap.generation import answer_form_rates, describe_then_answer_prompt, direct_prompt, generate, score_predictions
 from medcap.generation.report import plot_metrics_by_epoch, write_html_report, write_metrics_table
 
 log = logging.getLogger("medcap")
 BASE = "base"
+EVAL_DATASET = "medcap.data.sharegpt_eval_dataset"
+IMAGE_CACHE_SIZE = 4096  # transformed images kept across checkpoints (distinct files)
 
 
 class GenerationRecipe:
@@ -46,11 +46,12 @@ class GenerationRecipe:
 
     Config: ``model``, ``checkpointer``, ``tokenizer``, ``image_transform`` as in training;
     ``run_dir`` (a training ``output_dir``) and ``checkpoints`` (``all``: ``base`` + every
-    ``epoch_*``; ``last``; ``base``; or a list of names / paths); ``dataset.source`` (+ ``image_dir``,
-    ``skip_bad_records``) or ``image`` + ``prompt``; ``mode`` (``direct`` | ``describe_then_answer``),
+    ``epoch_*``; ``last``; ``base``; or a list of names / paths); ``dataset`` (a
+    ``medcap.data.sharegpt_eval_dataset`` node: ``source``, ``image_dir``, ``skip_bad_records``,
+    ``image_check``, ``max_samples``) or ``image`` + ``prompt``; ``mode`` (``direct`` | ``describe_then_answer``),
     ``max_new_tokens_by_answer_type`` (e.g. ``{CLOSED: 8, OPEN: 16}``: short answers stop early),
     ``few_shot`` (list of ``{question, answer}``); ``batch_size``, ``max_new_tokens``,
-    ``temperature``, ``top_k``, ``seed``; ``max_samples``; ``meteor``; ``output_dir``;
+    ``temperature``, ``top_k``, ``seed``; ``meteor``; ``output_dir``;
     ``train_source`` (optional training JSON: adds the share of answers in a trained form);
     ``blank_images`` (feed uniform gray images instead: shows whether answers use the image).
     """
@@ -110,37 +111,18 @@ class GenerationRecipe:
         else:
             load_image_encoder_weights(path, self._model.image_encoder)
 
-    def _read_samples(self, cfg: DictConfig) -> Tuple[List[Dict[str, Any]], int]:
-        source = Path(cfg.dataset.source)
-        records = load_records(source)
-        if not records:
-            raise RecordError(source, None, "<file>", "the test file holds no records")
-        image_dir = Path(cfg.dataset.image_dir) if cfg.dataset.get("image_dir") else None
-        samples, skipped = [], 0
-        for index, record in enumerate(records[: cfg.get("max_samples", None)]):
-            try:
-                parsed = parse_record(record, source, index, image_dir)
-                if parsed.image_path is not None:
-                    load_image(parsed.image_path)
-            except (RecordError, ImageLoadError) as error:
-                if not cfg.dataset.get("skip_bad_records", False):
-                    raise RecordError(source, index, "image", str(error)) if isinstance(error, ImageLoadError) else error
-                log.warning("skipped: %s", error)
-                skipped += 1
-                continue
-            question = next(text for role, text in parsed.turns if role == "user")
-            reference = next(text for role, text in parsed.turns if role == "assistant")
-            samples.append({
-                "id": record.get("id", index), "image": str(parsed.image_path or ""), "question": question,
-                "reference": reference, "answer_type": str(record.get("answer_type", "")).strip(),
-                "question_type": str(record.get("question_type", "")),
-            })
-        return samples, skipped
+    def _build_dataset(self, cfg: DictConfig):
+        """The test set: the configured evaluation dataset component (the training data path)."""
+        node = cfg.dataset if "_component_" in cfg.dataset else OmegaConf.merge({"_component_": EVAL_DATASET}, cfg.dataset)
+        dataset = medcap_config.instantiate(node)
+        if dataset.skipped:
+            log.warning("%s: %d bad records skipped", dataset.source, len(dataset.skipped))
+        return dataset
 
     def _answer(
         self,
         questions: List[str],
-        image_paths: List[str],
+        image_indices: List[Optional[int]],
         descriptions: Optional[List[str]] = None,
         max_new_tokens: Optional[List[int]] = None,
     ) -> List[str]:
@@ -152,13 +134,13 @@ class GenerationRecipe:
         answers: List[str] = [""] * len(questions)
         for limit, indices in groups.items():
             pick = lambda values: [values[i] for i in indices]  # noqa: E731
-            outputs = self._answer_batches(pick(questions), pick(image_paths), pick(descriptions) if descriptions else None, limit)
+            outputs = self._answer_batches(pick(questions), pick(image_indices), pick(descriptions) if descriptions else None, limit)
             for index, answer in zip(indices, outputs):
                 answers[index] = answer
         return answers
 
     def _answer_batches(
-        self, questions: List[str], image_paths: List[str], descriptions: Optional[List[str]], max_new_tokens: int
+        self, questions: List[str], image_indices: List[Optional[int]], descriptions: Optional[List[str]], max_new_tokens: int
     ) -> List[str]:
         cfg = self._cfg
         few_shot = [(e["question"], e["answer"]) for e in cfg.get("few_shot", None) or []]
@@ -168,7 +150,7 @@ class GenerationRecipe:
         for start in tqdm(range(0, len(questions), batch_size), desc="generating", leave=False):
             prompts, images = [], []
             for offset in range(start, min(start + batch_size, len(questions))):
-                has_image = bool(image_paths[offset])
+                has_image = image_indices[offset] is not None
                 if descriptions is not None:
                     messages = describe_then_answer_prompt(questions[offset], descriptions[offset])
                 else:
@@ -176,10 +158,7 @@ class GenerationRecipe:
                 tokens, _ = self._transform.tokenize(messages, add_end_tokens=False)
                 prompts.append(tokens)
                 if has_image:
-                    image = load_image(Path(image_paths[offset]))
-                    if cfg.get("blank_images", False):  # ablation: does the model use the image?
-                        image = PIL.Image.new("RGB", image.size, (128, 128, 128))
-                    images.append(self._transform.image_transform(image))
+                    images.append(self._image_tensor(image_indices[offset]))
             stacked = torch.stack(images).to(self._device, self._dtype) if images else None
             outputs = generate(
                 self._model, prompts, stacked, pad_id=self._tokenizer.pad_id, stop_tokens=self._tokenizer.stop_tokens,
@@ -189,15 +168,34 @@ class GenerationRecipe:
             answers += [self._tokenizer.decode(out).strip() for out in outputs]
         return answers
 
+    def _image_tensor(self, index: int) -> torch.Tensor:
+        """The model input of image ``index`` of the image source, transformed once per run."""
+        if index not in self._image_cache:
+            image = self._load_image(index)
+            if self._cfg.get("blank_images", False):  # ablation: does the model use the image?
+                image = PIL.Image.new("RGB", image.size, (128, 128, 128))
+            tensor = self._transform.image_transform(image)
+            if len(self._image_cache) >= IMAGE_CACHE_SIZE:
+                return tensor
+            self._image_cache[index] = tensor
+        return self._image_cache[index]
+
+    def _use_images(self, load_image: Callable[[int], PIL.Image.Image]) -> None:
+        self._load_image, self._image_cache = load_image, {}
+
     def _predict(self, samples: List[Dict[str, Any]]) -> pd.DataFrame:
         questions = [s["question"] for s in samples]
-        images = [s["image"] for s in samples]
+        first_of_path: Dict[str, int] = {}
+        for index, sample in enumerate(samples):  # one image index per distinct file
+            if sample["image"]:
+                first_of_path.setdefault(sample["image"], index)
+        images = [first_of_path[s["image"]] if s["image"] else None for s in samples]
         by_type = self._cfg.get("max_new_tokens_by_answer_type", None) or {}
         limits = [by_type.get(s["answer_type"].upper(), self._cfg.max_new_tokens) for s in samples]
         if self._cfg.get("mode", "direct") == "describe_then_answer":
-            unique_images = sorted({path for path in images if path})
+            unique_images = sorted(set(first_of_path.values()))
             described = dict(zip(unique_images, self._answer([None] * len(unique_images), unique_images, [None] * len(unique_images))))
-            descriptions = [described.get(path) for path in images]
+            descriptions = [described.get(index) for index in images]
             predictions = self._answer(questions, images, descriptions, limits)
             frame = pd.DataFrame(samples).assign(prediction=predictions, description=descriptions)
         else:
@@ -206,15 +204,18 @@ class GenerationRecipe:
 
     def quick_look(self, image: str, prompt: str) -> None:
         """Print the answers of every selected checkpoint to one image and prompt."""
+        self._use_images(lambda _: load_image(Path(image)))
         for name, path in self._checkpoints:
             self._load_checkpoint(path)
-            answer = self._answer([prompt], [image])[0]
+            answer = self._answer([prompt], [0])[0]
             print(f"{name:>12}: {answer}")
 
     def run(self) -> pd.DataFrame:
         """Generate and score for every checkpoint; write predictions, tables, plot and report."""
         cfg = self._cfg
-        samples, skipped = self._read_samples(cfg)
+        dataset = self._build_dataset(cfg)
+        samples, skipped = dataset.samples, len(dataset.skipped)
+        self._use_images(dataset.load_image)
         rows, frames = [], {}
         for name, path in self._checkpoints:
             self._load_checkpoint(path)

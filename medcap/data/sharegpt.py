@@ -286,15 +286,15 @@ class ShareGPTEvalDataset:
                 key: value for key, value in parsed.record.items()
                 if key not in _NOT_METADATA and (value is None or isinstance(value, (str, int, float, bool)))
             }
-            self.samples.append({
-                **metadata,
+            sample = {
                 "id": parsed.record.get("id", index),
                 "image": str(parsed.image_path or ""),
                 "question": next(text for role, text in parsed.turns if role == "user"),
                 "reference": next(text for role, text in parsed.turns if role == "assistant"),
                 "answer_type": str(parsed.record.get("answer_type", "") or "").strip(),
                 "question_type": str(parsed.record.get("question_type", "") or ""),
-            })
+            }
+            self.samples.append({**sample, **{k: v for k, v in metadata.items() if k not in sample}})
             self._record_index.append(index)
 
         self.skipped = _collect_records(

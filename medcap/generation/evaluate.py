@@ -4,9 +4,8 @@ from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
+from medcap.data.schema import ANSWER_TYPES, first_answer, normalize_answer_type
 from medcap.metrics import caption_metrics, normalize_answer, vqa_scores
-
-VQA_TYPES = ("CLOSED", "OPEN")
 
 
 def score_predictions(predictions: pd.DataFrame, meteor: bool = True) -> Dict[str, Optional[float]]:
@@ -25,7 +24,7 @@ def score_predictions(predictions: pd.DataFrame, meteor: bool = True) -> Dict[st
         Dict[str, Optional[float]]: metric -> value, plus ``n_vqa`` and ``n_caption`` row counts.
     """
     answer_types = predictions["answer_type"].fillna("").astype(str).str.strip().str.upper()
-    is_vqa = answer_types.isin(VQA_TYPES)
+    is_vqa = answer_types.isin(ANSWER_TYPES)
     scores: Dict[str, Optional[float]] = {"n_vqa": int(is_vqa.sum()), "n_caption": int((~is_vqa).sum())}
     vqa = predictions[is_vqa]
     if len(vqa):
@@ -56,13 +55,12 @@ def answer_form_rates(predictions: pd.DataFrame, train_records: List[Dict[str, A
     """
     forms: Dict[tuple, set] = {}
     for record in train_records:
-        key = (str(record.get("answer_type", "")).strip().upper(), str(record.get("question_type", "")))
-        answer = next((turn["value"] for turn in record["conversations"] if turn["from"] == "gpt"), "")
-        forms.setdefault(key, set()).add(normalize_answer(answer))
+        key = (normalize_answer_type(record.get("answer_type")), str(record.get("question_type", "")))
+        forms.setdefault(key, set()).add(normalize_answer(first_answer(record) or ""))
     hits: Dict[str, List[bool]] = {}
     for row in predictions.itertuples():
-        key = (str(row.answer_type).strip().upper(), str(row.question_type))
-        if key[0] not in VQA_TYPES or key not in forms:
+        key = (normalize_answer_type(row.answer_type), str(row.question_type))
+        if key[0] is None or key not in forms:
             continue
         hit = normalize_answer(str(row.prediction)) in forms[key]
         hits.setdefault("well_formed", []).append(hit)

@@ -25,11 +25,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import PIL.Image  # noqa: E402
 
-from medcap.checkpoint.io import atomic_write  # noqa: E402
+from medcap.data.schema import normalize_answer_type  # noqa: E402
+from medcap.utils.atomic import atomic_write  # noqa: E402
 from medcap.metrics.vqa import exact_match  # noqa: E402
 
 BASE_EPOCH = -1  # the untuned ("base") checkpoint has epoch None/NaN or -1
-VQA_TYPES = ("CLOSED", "OPEN")
 PREDICTION_COLUMNS = ("image", "question", "reference", "prediction", "answer_type")
 _STEP_LINE = re.compile(r"^Step (\d+) \| (.*)$")
 
@@ -197,7 +197,7 @@ def _thumbnail_cell(image_path: str, thumbnail_px: int) -> str:
 
 
 def _verdict(answer_type: str, prediction: str, reference: str) -> str:
-    if str(answer_type).strip().upper() not in VQA_TYPES:
+    if normalize_answer_type(answer_type) is None:
         return ""
     return "correct" if exact_match(prediction, reference) else "incorrect"
 

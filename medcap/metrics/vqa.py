@@ -21,7 +21,7 @@ import unicodedata
 from collections import Counter, defaultdict
 from typing import Callable, Optional, Sequence
 
-ANSWER_TYPES = ("CLOSED", "OPEN")
+from medcap.data.schema import ANSWER_TYPES, normalize_answer_type  # noqa: F401  (re-exported)
 
 # Protocol group name -> metric names it reports (the contract of tools/score.py).
 PROTOCOL_METRICS = {
@@ -340,12 +340,6 @@ _METRICS: dict[str, tuple[Callable[[str, str], float], Optional[str]]] = {
     "bleu1": (medpalm_bleu1, None),
     "token_f1": (medpalm_token_f1, None),
 }
-
-
-def normalize_answer_type(answer_type: str) -> Optional[str]:
-    """"CLOSED" or "OPEN" for ``answer_type`` ignoring surrounding spaces and case, else None."""
-    value = answer_type.strip().upper()
-    return value if value in ANSWER_TYPES else None
 
 
 def metrics_for_protocols(protocols: Sequence[str]) -> list[str]:

@@ -34,7 +34,7 @@ def test_demo_pipeline_trains_generates_and_scores(smollm2_dir, tmp_path):
     assert (run_dir / "epoch_0/image_encoder.safetensors").is_file()
 
     _run([TUNE, "run", "recipes/generate.py", "--config", "recipes/configs/medcap/generate_smollm2_synthetic_cpu.yaml",
-          f"run_dir={run_dir}", f"data_dir={data_dir}", "max_samples=6", "max_new_tokens=6", "meteor=False",
+          f"run_dir={run_dir}", f"data_dir={data_dir}", "dataset.max_samples=6", "max_new_tokens=6", "meteor=False",
           f"dataset.source={data_dir}/train.json"])
     table = json.loads((run_dir / "eval/metrics_by_epoch.json").read_text())
     assert [row["checkpoint"] for row in table] == ["base", "epoch_0"]

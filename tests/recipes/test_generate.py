@@ -7,8 +7,12 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 from helpers import REPO_ROOT
 from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from medcap.metrics import normalize_answer
 
 TRAIN_CONFIG = REPO_ROOT / "recipes/configs/medcap/tiny_cpu.yaml"
 GENERATE_CONFIG = REPO_ROOT / "recipes/configs/medcap/generate_tiny_cpu.yaml"
@@ -54,7 +58,9 @@ def test_every_checkpoint_scored_in_one_table(tiny_assets, run_dir, tmp_path):
         assert list(predictions.columns[:6]) == ["id", "image", "question", "reference", "answer_type", "question_type"]
         assert len(predictions) == 8 and predictions["reference"].tolist() == ["no", "yes"] * 4
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
-        assert metrics["n_vqa"] == 8 and 0 <= metrics["closed_accuracy"] <= 100 and "well_formed" in metrics
+        hits = [normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions["prediction"], predictions["reference"])]
+        assert metrics["n_vqa"] == 8 and metrics["closed_accuracy"] == pytest.approx(100 * sum(hits) / len(hits))
+        assert "well_formed" in metrics
     saved = json.loads((tmp_path / "metrics_by_epoch.json").read_text())
     assert [row["checkpoint"] for row in saved] == ["base", "epoch_0", "epoch_1"]
     html = (tmp_path / "report.html").read_text()
@@ -68,15 +74,60 @@ def test_checkpoints_select_and_differ(tiny_assets, run_dir, tmp_path):
     assert [name for name, _ in recipe._checkpoints] == ["base", "epoch_0"]
     with pytest.raises(FileNotFoundError, match="checkpoint 'epoch_7' not found"):
         _generation(tiny_assets, run_dir, tmp_path, "checkpoints=[epoch_7]")
+    # each selected checkpoint puts its own weights into the model: image tokens differ from base's
+    recipe = _generation(tiny_assets, run_dir, tmp_path, "checkpoints=all")
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    tokens = {}
+    for name, path in recipe._checkpoints:
+        recipe._load_checkpoint(path)
+        with torch.no_grad():
+            tokens[name] = recipe._model.image_encoder(images)
+        if path is not None:
+            saved = load_file(str(path / "image_encoder.safetensors"))
+            assert all(torch.equal(value, saved[key]) for key, value in recipe._model.image_encoder.state_dict().items())
+    # (the run's one step of epoch 0 is the warm-up step at lr 0; epoch 1 trained)
+    assert not torch.allclose(tokens["base"], tokens["epoch_1"], atol=1e-6)
+    recipe._load_checkpoint(None)  # back to base exactly
+    with torch.no_grad():
+        assert torch.equal(recipe._model.image_encoder(images), tokens["base"])
+
+
+def _two_image_source(tiny_assets, tmp_path):
+    """The 8 tiny records rewritten to use only two image files (4 questions each)."""
+    records = json.loads(tiny_assets["data"].read_text())
+    images = [records[0]["image"], records[1]["image"]]
+    for index, record in enumerate(records):
+        record["image"] = images[index % 2]
+    source = tmp_path / "two_images.json"
+    source.write_text(json.dumps(records))
+    return source, f"dataset.image_dir={tiny_assets['data'].parent}"
 
 
 def test_describe_then_answer_caches_one_description_per_image(tiny_assets, run_dir, tmp_path):
+    source, image_dir = _two_image_source(tiny_assets, tmp_path)
     recipe = _generation(tiny_assets, run_dir, tmp_path, "mode=describe_then_answer", "max_new_tokens=3",
-                         "checkpoints=last", "meteor=False")
+                         "checkpoints=last", "meteor=False", f"dataset.source={source}", image_dir)
+    encoded = []
+    recipe._model.image_encoder.register_forward_hook(lambda module, args, output: encoded.append(args[0].shape[0]))
     frame = recipe.run()
+    assert sum(encoded) == 2 + 8  # one description per distinct image, then the 8 answers (image + description)
     predictions = pd.read_csv(tmp_path / "epoch_1/predictions.csv", keep_default_na=False)
-    assert "description" in predictions and predictions["description"].nunique() <= predictions["image"].nunique()
+    assert predictions["image"].nunique() == 2
+    assert (predictions.groupby("image")["description"].nunique() == 1).all()
     assert len(frame) == 1
+
+
+def test_each_distinct_image_is_decoded_once_per_run(tiny_assets, run_dir, tmp_path, monkeypatch):
+    from medcap.data import ShareGPTEvalDataset
+
+    loads = []
+    real_load = ShareGPTEvalDataset.load_image
+    monkeypatch.setattr(ShareGPTEvalDataset, "load_image", lambda self, index: loads.append(index) or real_load(self, index))
+    source, image_dir = _two_image_source(tiny_assets, tmp_path)
+    recipe = _generation(tiny_assets, run_dir, tmp_path, "max_new_tokens=2", "checkpoints=[base,epoch_0,epoch_1]",
+                         f"dataset.source={source}", image_dir)
+    recipe.run()
+    assert sorted(loads) == [0, 1]  # 2 files for 8 questions x 3 checkpoints
 
 
 def test_quick_look_prints_base_and_tuned(tiny_assets, run_dir, tmp_path, capsys):
@@ -91,7 +142,7 @@ def test_empty_test_file_and_missing_image_are_clear_errors(tiny_assets, run_dir
     empty = tmp_path / "empty.json"
     empty.write_text("[]")
     recipe = _generation(tiny_assets, run_dir, tmp_path, f"dataset.source={empty}")
-    with pytest.raises(ValueError, match="empty.json: field '<file>': the test file holds no records"):
+    with pytest.raises(ValueError, match=r"empty.json: field '<file>': no usable records \(0 in file, 0 skipped\)"):
         recipe.run()
     missing = tmp_path / "missing.json"
     missing.write_text(json.dumps([{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}],
