@@ -5,7 +5,9 @@ tower and projector as sub-nodes) would reach its builder as config objects. Her
 node is built first and the builder receives built objects.
 """
 
-from typing import Any
+import difflib
+import re
+from typing import Any, Iterable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchtune import config as tune_config
@@ -37,3 +39,32 @@ def instantiate(node: DictConfig, *args: Any, **kwargs: Any) -> Any:
     nested = {key: _build(value) for key, value in node.items() if key != "_component_" and isinstance(value, (DictConfig, ListConfig))}
     plain = OmegaConf.create({key: value for key, value in node.items() if key not in nested})
     return tune_config.instantiate(plain, *args, **nested, **kwargs)
+
+
+def check_config_keys(cfg: DictConfig, known: Iterable[str], recipe: str) -> None:
+    """Refuse top-level keys the recipe does not read, so a typo is not silently ignored.
+
+    A key that other values interpolate (``llm_dir``, ``data_dir`` in ``${llm_dir}/...``) is used
+    and allowed.
+
+    Args:
+        cfg (DictConfig): the launched config, overrides merged.
+        known (Iterable[str]): the keys the recipe reads.
+        recipe (str): the recipe's name, for the message.
+
+    Raises:
+        ValueError: naming the unknown keys and the nearest known ones.
+    """
+    known = set(known)
+    referenced = set(re.findall(r"\$\{([A-Za-z_]\w*)", OmegaConf.to_yaml(cfg, resolve=False)))
+    unknown = [key for key in cfg if key not in known and key not in referenced]
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), sorted(known), n=1)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ValueError(
+        f"{recipe}: unknown config key(s) {', '.join(hints)}; a key the recipe does not read would be "
+        f"silently ignored. Known keys: {', '.join(sorted(known))}"
+    )

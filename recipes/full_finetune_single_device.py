@@ -26,31 +26,48 @@ if __package__ in (None, ""):  # `python recipes/x.py`: make the repository root
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from torchtune import config, modules, training, utils
+from torchtune.config._utils import _get_component_from_path
 from tqdm import tqdm
 
 from medcap import config as medcap_config
 from medcap.checkpoint import atomic_write, load_image_encoder_weights, load_recipe_state, save_image_encoder, save_recipe_state
-from medcap.data import LengthGroupedSampler, MedcapTransform, padded_collate_images
-from medcap.models import set_trainable
-from medcap.training import LabelPositionCrossEntropy
+from medcap.checkpoint.decoder import load_frozen_decoder
+from medcap.data import build_sampler, check_transform_fits_model
+from medcap.models import set_train_mode, set_trainable
 
 log = logging.getLogger("medcap")
+
+# every top-level key this recipe reads (others are refused: a typo must not be silently ignored)
+CONFIG_KEYS = (
+    "output_dir", "model", "model_transform", "checkpointer", "dataset", "loss", "collate_fn", "seed", "shuffle",
+    "group_by_length", "batch_size", "epochs", "max_steps_per_epoch", "gradient_accumulation_steps", "num_workers",
+    "trainable", "trainable_last_k_blocks", "vision_checkpoint", "resume_from_checkpoint", "optimizer",
+    "optimizer_in_bwd", "lr_scheduler", "clip_grad_norm", "device", "dtype", "enable_activation_checkpointing",
+    "metric_logger", "log_every_n_steps", "log_peak_memory_stats",
+)
 
 
 class FullFinetuneRecipeSingleDevice:
     """Trains the image side of a :class:`~medcap.models.MedcapModel`; the decoder stays frozen.
 
-    Config knobs (all overridable as ``key=value``): ``device`` (cpu/cuda), ``dtype`` (fp32/bf16),
-    ``seed``, ``epochs``, ``max_steps_per_epoch``, ``batch_size``, ``shuffle``, ``group_by_length``, ``gradient_accumulation_steps``,
-    ``optimizer`` (AdamW or bitsandbytes AdamW8bit), ``optimizer_in_bwd``, ``lr_scheduler``,
-    ``clip_grad_norm``, ``enable_activation_checkpointing``, ``trainable`` (projector /
-    encoder_and_projector / last_k_blocks with ``trainable_last_k_blocks``), ``vision_checkpoint``,
-    ``resume_from_checkpoint``, ``metric_logger``, ``log_every_n_steps``, ``output_dir``.
+    Components (``_component_`` nodes): ``model``, ``model_transform`` (tokenizer + image transform
+    + ``max_seq_len``; the model gives the number of image tokens), ``checkpointer`` (where the
+    frozen decoder's weights are), ``dataset``, ``loss``, ``collate_fn`` (a dotted path),
+    ``optimizer`` (AdamW or bitsandbytes AdamW8bit), ``lr_scheduler``, ``metric_logger``.
+    Knobs (all overridable as ``key=value``): ``device`` (cpu/cuda), ``dtype`` (fp32/bf16), ``seed``,
+    ``epochs``, ``max_steps_per_epoch``, ``batch_size``, ``shuffle``, ``group_by_length`` (both
+    honoured together), ``gradient_accumulation_steps``, ``num_workers``, ``optimizer_in_bwd``,
+    ``clip_grad_norm`` (null: no clipping; the gradient norm is logged either way),
+    ``enable_activation_checkpointing``, ``trainable`` (projector / encoder_and_projector /
+    last_k_blocks with ``trainable_last_k_blocks``), ``vision_checkpoint``, ``resume_from_checkpoint``,
+    ``log_every_n_steps``, ``log_peak_memory_stats``, ``output_dir``. Unknown keys are refused.
+    The progress bar shows on a terminal; ``MEDCAP_PROGRESS=1`` shows it in a log file too.
     """
 
     def __init__(self, cfg: DictConfig) -> None:
+        medcap_config.check_config_keys(cfg, CONFIG_KEYS, "full_finetune_single_device")
         self._device = utils.get_device(cfg.device)
         self._dtype = training.get_dtype(cfg.dtype, device=self._device)
         self._output_dir = Path(cfg.output_dir)
@@ -70,32 +87,29 @@ class FullFinetuneRecipeSingleDevice:
 
     def setup(self, cfg: DictConfig) -> None:
         """Build model, data, optimizer, scheduler and logger; restore state when resuming."""
-        self._metric_logger = config.instantiate(cfg.metric_logger)
+        self._metric_logger = medcap_config.instantiate(cfg.metric_logger)
         self._metric_logger.log_config(cfg)
         state = self._latest_state() if self._resume_from_checkpoint else None
 
         self._model = self._setup_model(cfg, state_dir=state["_dir"] if state else None)
-        self._tokenizer = medcap_config.instantiate(cfg.tokenizer)
-        transform = MedcapTransform(
-            self._tokenizer,
-            num_image_tokens=self._model.num_image_tokens,
-            max_seq_len=cfg.max_seq_len,
-            image_transform=medcap_config.instantiate(cfg.image_transform),
-        )
+        transform = medcap_config.instantiate(cfg.model_transform, num_image_tokens=self._model.num_image_tokens)
+        check_transform_fits_model(transform, self._model)
+        self._tokenizer = transform.tokenizer
         self._dataset = medcap_config.instantiate(cfg.dataset, model_transform=transform)
-        if cfg.get("group_by_length", False):  # batches of similar length: less padding
-            self._sampler = LengthGroupedSampler(self._dataset.lengths, cfg.batch_size, seed=cfg.seed)
-        else:
-            self._sampler = DistributedSampler(self._dataset, num_replicas=1, rank=0, shuffle=cfg.shuffle, seed=cfg.seed)
+        self._sampler = build_sampler(
+            self._dataset, cfg.batch_size, shuffle=cfg.get("shuffle", True),
+            group_by_length=cfg.get("group_by_length", False), seed=cfg.seed,
+        )
+        collate_fn = _get_component_from_path(cfg.get("collate_fn", "medcap.data.padded_collate_images"))
         self._dataloader = DataLoader(
             self._dataset,
             batch_size=cfg.batch_size,
             sampler=self._sampler,
             num_workers=cfg.get("num_workers", 0),
-            collate_fn=partial(padded_collate_images, pad_id=self._tokenizer.pad_id),
+            collate_fn=partial(collate_fn, pad_id=self._tokenizer.pad_id),
             drop_last=False,
         )
-        self._loss_fn = LabelPositionCrossEntropy()
+        self._loss_fn = medcap_config.instantiate(cfg.loss)
 
         self._setup_optimizer(cfg.optimizer)
         steps_per_epoch = math.ceil(len(self._dataloader) / self._gradient_accumulation_steps)
@@ -115,8 +129,7 @@ class FullFinetuneRecipeSingleDevice:
     def _setup_model(self, cfg: DictConfig, state_dir: Optional[Path]) -> torch.nn.Module:
         with training.set_default_dtype(self._dtype), self._device:
             model = medcap_config.instantiate(cfg.model)
-        decoder_state = config.instantiate(cfg.checkpointer).load_checkpoint()[training.MODEL_KEY]
-        model.decoder.load_state_dict(decoder_state)
+        load_frozen_decoder(cfg.checkpointer, model.decoder)
         vision_checkpoint = state_dir or cfg.get("vision_checkpoint", None)
         if vision_checkpoint:
             load_image_encoder_weights(Path(vision_checkpoint), model.image_encoder)
@@ -125,27 +138,26 @@ class FullFinetuneRecipeSingleDevice:
         if cfg.get("enable_activation_checkpointing", False):
             training.set_activation_checkpointing(model.decoder, auto_wrap_policy={modules.TransformerSelfAttentionLayer})
         model.to(device=self._device, dtype=self._dtype)
-        model.train()
-        model.decoder.eval()  # frozen: no dropout
+        set_train_mode(model)  # frozen modules (the decoder, frozen tower blocks and their BatchNorms) stay in eval
         named = dict(model.named_parameters())
         self._trainable_params = [named[name] for name in self._trainable_names]
         return model
 
     def _setup_optimizer(self, cfg_optimizer: DictConfig) -> None:
         if self._optimizer_in_bwd:
-            optim_dict = {p: config.instantiate(cfg_optimizer, [p]) for p in self._trainable_params}
+            optim_dict = {p: medcap_config.instantiate(cfg_optimizer, [p]) for p in self._trainable_params}
             training.register_optim_in_bwd_hooks(model=self._model, optim_dict=optim_dict)
             named = dict(self._model.named_parameters())
             self._optim_wrapper = training.OptimizerInBackwardWrapper({n: optim_dict[named[n]] for n in self._trainable_names})
             self._optimizer = None
         else:
-            self._optimizer = config.instantiate(cfg_optimizer, self._trainable_params)
+            self._optimizer = medcap_config.instantiate(cfg_optimizer, self._trainable_params)
 
     def _setup_lr_scheduler(self, cfg_lr_scheduler: Optional[DictConfig], num_training_steps: int):
         if cfg_lr_scheduler is None:
             return None
         optimizer = next(iter(self._optim_wrapper.optim_map.values())) if self._optimizer_in_bwd else self._optimizer
-        scheduler = config.instantiate(cfg_lr_scheduler, optimizer, num_training_steps=num_training_steps)
+        scheduler = medcap_config.instantiate(cfg_lr_scheduler, optimizer, num_training_steps=num_training_steps)
         if self._optimizer_in_bwd:
             self._optim_wrapper.set_lr_scheduler(scheduler)
         return scheduler
@@ -244,8 +256,8 @@ class FullFinetuneRecipeSingleDevice:
             for param in self._trainable_params:  # mean over every labelled token of the step
                 if param.grad is not None:
                     param.grad.div_(max(num_tokens, 1))
-            if self._clip_grad_norm is not None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(self._trainable_params, max_norm=float(self._clip_grad_norm))
+            max_norm = float(self._clip_grad_norm) if self._clip_grad_norm is not None else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(self._trainable_params, max_norm=max_norm)  # inf: measure only
             self._optimizer.step()
             self._optimizer.zero_grad(set_to_none=True)
         if self._lr_scheduler is not None:

@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from medcap import config as medcap_config
 from medcap.checkpoint import IMAGE_ENCODER_FILE, atomic_write, load_image_encoder_weights
-from medcap.data import MedcapTransform, load_image, load_records
+from medcap.checkpoint.decoder import load_frozen_decoder
+from medcap.data import check_transform_fits_model, load_image, load_records
 from medcap.generation import answer_form_rates, describe_then_answer_prompt, direct_prompt, generate, score_predictions
 from medcap.generation.report import plot_metrics_by_epoch, write_html_report, write_metrics_table
 
@@ -44,7 +45,8 @@ IMAGE_CACHE_SIZE = 4096  # transformed images kept across checkpoints (distinct 
 class GenerationRecipe:
     """Batched greedy/sampled generation over a ShareGPT test file for several checkpoints.
 
-    Config: ``model``, ``checkpointer``, ``tokenizer``, ``image_transform`` as in training;
+    Config: ``model``, ``checkpointer``, ``model_transform`` as in training (by default read from
+    ``run_dir/config.yaml``; the image transform runs without train augmentation);
     ``run_dir`` (a training ``output_dir``) and ``checkpoints`` (``all``: ``base`` + every
     ``epoch_*``; ``last``; ``base``; or a list of names / paths); ``dataset`` (a
     ``medcap.data.sharegpt_eval_dataset`` node: ``source``, ``image_dir``, ``skip_bad_records``,
@@ -57,6 +59,7 @@ class GenerationRecipe:
     """
 
     def __init__(self, cfg: DictConfig) -> None:
+        medcap_config.check_config_keys(cfg, CONFIG_KEYS, "generate")
         cfg = _with_training_config(cfg)
         self._device = utils.get_device(cfg.device)
         self._dtype = training.get_dtype(cfg.dtype, device=self._device)
@@ -68,14 +71,15 @@ class GenerationRecipe:
         cfg = self._cfg
         with training.set_default_dtype(self._dtype), self._device:
             self._model = medcap_config.instantiate(cfg.model)
-        decoder_state = config.instantiate(cfg.checkpointer).load_checkpoint()[training.MODEL_KEY]
-        self._model.decoder.load_state_dict(decoder_state)
+        load_frozen_decoder(cfg.checkpointer, self._model.decoder)
         self._model.to(device=self._device, dtype=self._dtype).eval()
         self._base_state = {k: v.clone() for k, v in self._model.image_encoder.state_dict().items()}
-        self._tokenizer = medcap_config.instantiate(cfg.tokenizer)
-        self._transform = MedcapTransform(
-            self._tokenizer, self._model.num_image_tokens, cfg.max_seq_len, medcap_config.instantiate(cfg.image_transform)
-        )
+        transform_cfg = cfg.model_transform.copy()
+        if transform_cfg.get("image_transform") is not None and "train_augmentation" in transform_cfg.image_transform:
+            transform_cfg.image_transform.train_augmentation = False  # evaluation sees the eval preprocessing
+        self._transform = medcap_config.instantiate(transform_cfg, num_image_tokens=self._model.num_image_tokens)
+        check_transform_fits_model(self._transform, self._model)
+        self._tokenizer = self._transform.tokenizer
         self._checkpoints = self._resolve_checkpoints(cfg.get("checkpoints", "all"), cfg.get("run_dir", None))
         self._output_dir = Path(cfg.output_dir)
         train_source = cfg.get("train_source", None)
@@ -250,11 +254,17 @@ class GenerationRecipe:
         """Nothing to release: kept for the recipe interface."""
 
 
-TRAINING_KEYS = ("model", "checkpointer", "tokenizer", "image_transform", "max_seq_len")
+TRAINING_KEYS = ("model", "checkpointer", "model_transform")
+# every top-level key this recipe reads (others are refused: a typo must not be silently ignored)
+CONFIG_KEYS = (
+    *TRAINING_KEYS, "run_dir", "checkpoints", "output_dir", "dataset", "image", "prompt", "mode", "few_shot",
+    "batch_size", "max_new_tokens", "max_new_tokens_by_answer_type", "temperature", "top_k", "seed", "meteor",
+    "plot_metrics", "train_source", "blank_images", "device", "dtype",
+)
 
 
 def _with_training_config(cfg: DictConfig) -> DictConfig:
-    """Fill model, checkpointer, tokenizer, image_transform, max_seq_len from ``run_dir/config.yaml``.
+    """Fill ``model``, ``checkpointer`` and ``model_transform`` from ``run_dir/config.yaml``.
 
     The run's saved training config is the base; what the generation config (or a ``key=value``
     override such as ``model.projector.num_tokens=8``) gives wins.
@@ -265,7 +275,7 @@ def _with_training_config(cfg: DictConfig) -> DictConfig:
         base = OmegaConf.create({key: training_cfg[key] for key in TRAINING_KEYS if key in training_cfg})
         cfg = OmegaConf.merge(base, cfg)
     missing = [key for key in TRAINING_KEYS if key not in cfg]
-    missing += [key for key in TRAINING_KEYS[:-1] if key in cfg and "_component_" not in cfg[key]]
+    missing += [key for key in TRAINING_KEYS if key in cfg and "_component_" not in cfg[key]]
     if missing:
         raise FileNotFoundError(f"config lacks {missing} and run_dir has no saved training config ({saved})")
     return cfg

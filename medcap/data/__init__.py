@@ -10,6 +10,9 @@ from typing import Any
 _EXPORTS = {
     "padded_collate_images": "medcap.data.collate",
     "LengthGroupedSampler": "medcap.data.sampler",
+    "build_sampler": "medcap.data.sampler",
+    "check_transform_fits_model": "medcap.data.transform",
+    "medcap_transform": "medcap.data.transform",
     "ImageLoadError": "medcap.data.images",
     "load_image": "medcap.data.images",
     "open_clip_image_transform": "medcap.data.images",

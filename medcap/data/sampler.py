@@ -5,10 +5,10 @@ Each epoch (seed + epoch) shuffles the indices, cuts them into mega-batches of
 shuffles the order of the batches. Every sample is seen once per epoch, as with plain shuffling.
 """
 
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 
 class LengthGroupedSampler(Sampler[int]):
@@ -19,10 +19,15 @@ class LengthGroupedSampler(Sampler[int]):
         batch_size (int): the loader's batch size.
         seed (int): base seed; the epoch is added (see :meth:`set_epoch`).
         mega_batch_mult (int): how many batches are sorted together.
+        shuffle (bool): False keeps the file order (mega-batches in order, sorted inside): a
+            deterministic order that still groups by length.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, mega_batch_mult: int = 16):
+    def __init__(
+        self, lengths: Sequence[int], batch_size: int, seed: int = 0, mega_batch_mult: int = 16, shuffle: bool = True
+    ):
         self.lengths = list(lengths)
+        self.shuffle = shuffle
         self.batch_size = batch_size
         self.seed = seed
         self.mega_batch_mult = mega_batch_mult
@@ -34,14 +39,44 @@ class LengthGroupedSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        if not self.shuffle:  # file order, batches of similar length within each mega-batch, in order
+            order = list(range(len(self.lengths)))
+        else:
+            order = torch.randperm(len(self.lengths), generator=generator).tolist()
         mega = self.batch_size * self.mega_batch_mult
         batches = []
         for start in range(0, len(order), mega):
             chunk = sorted(order[start: start + mega], key=lambda i: self.lengths[i], reverse=True)
             batches += [chunk[i: i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        for batch_index in torch.randperm(len(batches), generator=generator).tolist():
+        batch_order = torch.randperm(len(batches), generator=generator).tolist() if self.shuffle else range(len(batches))
+        for batch_index in batch_order:
             yield from batches[batch_index]
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+
+def build_sampler(
+    dataset: Any, batch_size: int, *, shuffle: bool, group_by_length: bool, seed: int, num_replicas: int = 1, rank: int = 0
+) -> Sampler[int]:
+    """The training sampler of the recipes: plain (``DistributedSampler``) or length-grouped.
+
+    Both honour ``shuffle``. With ``num_replicas > 1`` each rank gets its share of the samples.
+
+    Args:
+        dataset: a dataset with ``lengths`` (for ``group_by_length``).
+        batch_size (int): per-rank batch size.
+        shuffle (bool): shuffle every epoch (``seed + epoch``).
+        group_by_length (bool): batches of similar length (less padding).
+        seed (int): the run's seed.
+        num_replicas (int): data-parallel ranks.
+        rank (int): this rank.
+
+    Returns:
+        Sampler[int]: a sampler with ``set_epoch``.
+    """
+    if not group_by_length:
+        return DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+    if num_replicas != 1:
+        raise NotImplementedError("group_by_length with several ranks: use group_by_length=False")
+    return LengthGroupedSampler(dataset.lengths, batch_size, seed=seed, shuffle=shuffle)

@@ -115,3 +115,55 @@ class MedcapTransform:
         if image is not None and self.image_transform is not None:
             image = self.image_transform(image)
         return {"tokens": tokens, "labels": labels, "image": image}
+
+
+def medcap_transform(
+    tokenizer: Any,
+    max_seq_len: int,
+    image_transform: Optional[Callable] = None,
+    num_image_tokens: int = 0,
+) -> MedcapTransform:
+    """Model-transform builder for configs (``_component_: medcap.data.medcap_transform``).
+
+    The config node holds the tokenizer, the image transform and ``max_seq_len``; the recipes give
+    ``num_image_tokens`` from the built model (the projector decides it), so it is never written twice.
+
+    Args:
+        tokenizer: the built chat tokenizer.
+        max_seq_len (int): longest token sequence.
+        image_transform (Optional[Callable]): the built image transform.
+        num_image_tokens (int): placeholders per image.
+
+    Returns:
+        MedcapTransform: the transform.
+    """
+    return MedcapTransform(tokenizer, num_image_tokens, max_seq_len, image_transform=image_transform)
+
+
+def check_transform_fits_model(transform: MedcapTransform, model: Any) -> None:
+    """Fail early, naming both config keys, when the transform and the model disagree.
+
+    Checks the image placeholder id (``model_transform.tokenizer`` vs ``model.image_token_id``) and
+    the image side (``model_transform.image_transform`` output vs the tower's ``image_size``).
+
+    Raises:
+        ValueError: on a mismatch.
+    """
+    if model.image_encoder is None:
+        return
+    if transform.image_token_id != model.image_token_id:
+        raise ValueError(
+            f"model_transform.tokenizer has image token id {transform.image_token_id} but "
+            f"model.image_token_id is {model.image_token_id}: set them to the same id"
+        )
+    tower_size = getattr(model.image_encoder.vision_tower, "image_size", None)
+    if transform.image_transform is None or tower_size is None:
+        return
+    import PIL.Image
+
+    probe = transform.image_transform(PIL.Image.new("RGB", (2 * tower_size, tower_size)))  # [3, h, w]
+    if tuple(probe.shape[-2:]) != (tower_size, tower_size):
+        raise ValueError(
+            f"model_transform.image_transform gives {tuple(probe.shape[-2:])} images but the vision tower "
+            f"(model.vision_tower.image_size) expects {tower_size}x{tower_size}: set both image sizes alike"
+        )

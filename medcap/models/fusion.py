@@ -6,8 +6,17 @@ projected image features, in order, before the decoder layers run:
     tokens [b, s] ──► tok_embeddings (placeholders embedded as id 0) ──┐
     images [n, 3, h, w] ──► vision tower ──► projector [n, k, d] ──────┴─► scatter ──► layers ──► norm
 
-Unlike torchtune's ``TransformerDecoder.forward``, :meth:`MedcapModel.forward` returns the final
-normalised hidden states, so a loss can apply the LM head only where a label exists.
+What is torchtune's and what is ours: the decoder is an unmodified torchtune
+``TransformerDecoder`` and keeps its own parts and API (``tok_embeddings``, ``layers``, ``norm``,
+``output``, input validation, ``setup_caches`` / ``reset_caches`` for KV-cached decoding). As in
+torchtune's ``EarlyFusionModel`` the image tokens are scattered into the token embeddings at the
+placeholder positions (``masked_scatter``). Two things are ours: (1) the placeholder count is
+checked against the images given, with a message naming both counts (torchtune scatters silently);
+(2) :meth:`MedcapModel.forward` stops before the LM head and returns the final normalised hidden
+states, so the loss applies the vocabulary projection only where a label exists (most positions
+hold image tokens and the prompt: with Llama-3's 128k vocabulary the full head would be most of
+the step's FLOPs and memory). ``TransformerDecoder.forward`` always applies the head to every
+position, so the layer loop is run here with the decoder's own modules and checks.
 """
 
 from typing import Optional
@@ -135,6 +144,7 @@ class MedcapModel(nn.Module):
             torch.Tensor: ``[b, s, d]``.
         """
         hidden = self.embed(tokens, images) if input_embeds is None else input_embeds  # [b, s, d]
+        self.decoder._validate_inputs(hidden.shape[1], mask=mask, input_pos=input_pos)  # length, KV-cache inputs
         for layer in self.decoder.layers:
             hidden = layer(hidden, mask=mask, input_pos=input_pos)
         return self.decoder.norm(hidden)

@@ -2,6 +2,8 @@
 
 from typing import List, Optional
 
+from torch import nn
+
 from medcap.models.fusion import MedcapModel
 
 TRAINABLE_MODES = ("projector", "encoder_and_projector", "last_k_blocks")
@@ -37,3 +39,27 @@ def set_trainable(model: MedcapModel, mode: str = "encoder_and_projector", last_
             trainable = trainable or param is first_trainable
             param.requires_grad_(trainable)
     return [name for name, param in model.named_parameters() if param.requires_grad]
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """``model.train()`` for what trains, ``eval()`` for every frozen module.
+
+    A module all of whose parameters are frozen is put in eval mode with everything inside it, so
+    frozen BatchNorm layers keep their running statistics (bit-identical) and frozen dropout stays
+    off; modules without parameters (activations, dropout) inside a trainable module train with it.
+    Call it instead of ``model.train()`` after :func:`set_trainable`.
+
+    Args:
+        model (nn.Module): the model, its trainable parameters already selected.
+    """
+
+    def visit(module: nn.Module) -> None:
+        params = list(module.parameters())
+        if params and not any(param.requires_grad for param in params):
+            module.eval()
+            return
+        module.training = True
+        for child in module.children():
+            visit(child)
+
+    visit(model)
