@@ -23,7 +23,6 @@ both (timed apart). Prints questions/s, tokens/s, how many answers agree, and th
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -69,20 +68,18 @@ def build_model(llm_dir: Path, seed: int):
     """The CPU demo model (decoder weights loaded, image side seeded), its tokenizer and image transform."""
     import torch
     from omegaconf import OmegaConf
-    from torchtune import config as tune_config, training
 
     from medcap import config as medcap_config
+    from medcap.checkpoint.decoder import load_frozen_decoder
 
     cfg = OmegaConf.load(MODEL_CONFIG)
     cfg.llm_dir = str(llm_dir)
     torch.manual_seed(seed)
     model = medcap_config.instantiate(cfg.model)
-    with tempfile.TemporaryDirectory() as output_dir:
-        checkpointer = tune_config.instantiate(cfg.checkpointer, output_dir=output_dir)
-        model.decoder.load_state_dict(checkpointer.load_checkpoint()[training.MODEL_KEY])
+    load_frozen_decoder(cfg.checkpointer, model.decoder)
     model.eval()
-    tokenizer = medcap_config.instantiate(cfg.tokenizer)
-    image_transform = medcap_config.instantiate(cfg.image_transform)
+    transform = medcap_config.instantiate(cfg.model_transform, num_image_tokens=model.num_image_tokens)
+    tokenizer, image_transform = transform.tokenizer, transform.image_transform
     return model, tokenizer, image_transform
 
 

@@ -271,7 +271,7 @@ def _with_training_config(cfg: DictConfig) -> DictConfig:
     """
     saved = Path(str(cfg.get("run_dir", "") or "")) / "config.yaml"
     if cfg.get("run_dir", None) and saved.is_file():
-        training_cfg = OmegaConf.load(saved)
+        training_cfg = _upgrade_training_config(OmegaConf.load(saved))
         base = OmegaConf.create({key: training_cfg[key] for key in TRAINING_KEYS if key in training_cfg})
         cfg = OmegaConf.merge(base, cfg)
     missing = [key for key in TRAINING_KEYS if key not in cfg]
@@ -279,6 +279,16 @@ def _with_training_config(cfg: DictConfig) -> DictConfig:
     if missing:
         raise FileNotFoundError(f"config lacks {missing} and run_dir has no saved training config ({saved})")
     return cfg
+
+
+def _upgrade_training_config(training_cfg: DictConfig) -> DictConfig:
+    """Runs saved before ``model_transform`` existed keep ``tokenizer``, ``image_transform`` and
+    ``max_seq_len`` at the top level: fold them into a ``model_transform`` node."""
+    if "model_transform" in training_cfg or "tokenizer" not in training_cfg:
+        return training_cfg
+    node = {"_component_": "medcap.data.medcap_transform", "tokenizer": training_cfg.tokenizer,
+            "max_seq_len": training_cfg.max_seq_len, "image_transform": training_cfg.get("image_transform")}
+    return OmegaConf.merge(training_cfg, {"model_transform": node})
 
 
 @config.parse

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -192,3 +193,19 @@ def test_token_limits_by_answer_type(tiny_assets, run_dir, tmp_path, monkeypatch
     recipe.setup(cfg)
     recipe.run()
     assert sorted(seen) == sorted([(4, 2), (2, 2), (2, 5)])  # 6 CLOSED in batches of 4, 2 OPEN
+
+
+def test_runs_saved_before_the_model_transform_node_still_generate(tiny_assets, run_dir, tmp_path):
+    """A run dir whose config.yaml has top-level tokenizer / image_transform / max_seq_len."""
+    old_run = tmp_path / "old_run"
+    shutil.copytree(run_dir, old_run)
+    saved = OmegaConf.load(old_run / "config.yaml")
+    transform = saved.pop("model_transform")
+    saved.tokenizer, saved.image_transform, saved.max_seq_len = transform.tokenizer, transform.image_transform, transform.max_seq_len
+    OmegaConf.save(saved, old_run / "config.yaml")
+    old = _generation(tiny_assets, old_run, tmp_path / "old", "checkpoints=last", "max_new_tokens=3").run()
+    new = _generation(tiny_assets, run_dir, tmp_path / "new", "checkpoints=last", "max_new_tokens=3").run()
+    assert old.drop(columns="samples_per_second").equals(new.drop(columns="samples_per_second"))
+    old_rows = pd.read_csv(tmp_path / "old/epoch_1/predictions.csv", keep_default_na=False)
+    new_rows = pd.read_csv(tmp_path / "new/epoch_1/predictions.csv", keep_default_na=False)
+    assert old_rows["prediction"].tolist() == new_rows["prediction"].tolist()
