@@ -5,8 +5,9 @@
         --test-json data/vqarad/vqarad_test.json --extra-eval "blank images=outputs/smollm2_vqarad/eval_blank"
 
 Reads ``{run_dir}/eval/metrics_by_epoch.json`` (from ``recipes/generate.py``), the baselines saved
-beside the synthetic data (``baselines.json``; or computed from ``--train-json``/``--test-json``:
-the majority answer per question type and per question text, learned on train) and the training
+beside the synthetic data (``baselines.json``; or computed from ``--train-json``/``--test-json`` by
+:func:`medcap.metrics.baselines.compute_baselines`: the majority answer per question type and per
+question text, learned on train, scored with the model rows' answer normalisation) and the training
 logs; ``--extra-eval NAME=DIR`` adds the rows of another evaluation (e.g. blank images); prints one table (closed
 accuracy, open exact match, answers in a trained form, BLEU-4 / ROUGE-L / CIDEr on captions, for
 the base model, each epoch and the baselines), writes it as ``results.md`` / ``results.json`` and
@@ -23,9 +24,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from medcap.checkpoint import atomic_write  # noqa: E402
-from medcap.data.synthetic import compute_baselines  # noqa: E402
 from medcap.generation.report import plot_training_loss  # noqa: E402
+from medcap.metrics.baselines import compute_baselines  # noqa: E402
+from medcap.utils.atomic import atomic_write_text  # noqa: E402
 
 COLUMNS = {
     "closed_accuracy": "closed acc %",
@@ -49,8 +50,9 @@ def summary_table(
     for name in ("majority", "question_only"):
         if baselines and name in baselines:
             base = baselines[name]
-            rows.append({"model": f"{name} baseline", COLUMNS["closed_accuracy"]: 100 * base["closed_accuracy"],
-                         COLUMNS["open_exact_match"]: 100 * base["open_exact_match"]})
+            headline = {key: base[key] for key in ("closed_accuracy", "open_exact_match")}
+            rows.append({"model": f"{name} baseline",
+                         **{COLUMNS[key]: None if value is None else 100 * value for key, value in headline.items()}})
     return pd.DataFrame(rows).set_index("model")
 
 
@@ -80,8 +82,8 @@ def main() -> None:
     table = summary_table(metrics_rows, baselines, extra)
     text = table.round(2).to_string(na_rep="-")
     print(text)
-    atomic_write(eval_dir / "results.md", lambda temp: Path(temp).write_text(text + "\n"))
-    atomic_write(eval_dir / "results.json", lambda temp: Path(temp).write_text(table.reset_index().to_json(orient="records", indent=1)))
+    atomic_write_text(eval_dir / "results.md", text + "\n")
+    atomic_write_text(eval_dir / "results.json", table.reset_index().to_json(orient="records", indent=1))
     log_dir = args.run_dir / "logs"
     if log_dir.is_dir():
         plot_training_loss(log_dir, eval_dir / "loss.png")

@@ -1,7 +1,7 @@
 # Copyright (c) medcap contributors.
 # Licensed under the BSD-style license found in the LICENSE file in the root directory.
 
-"""Generates the synthetic medical VQA / captioning data set (see medcap/data/synthetic.py).
+"""Generates the synthetic medical VQA / captioning data set (see medcap/data/synthetic/).
 
 Example::
 

@@ -1,5 +1,6 @@
 """Evaluation metrics: captioning (pycocoevalcap), VQA protocols, LLM-judge prompts."""
 
+from medcap.metrics.baselines import compute_baselines
 from medcap.metrics.captioning import (
     CAPTION_METRICS,
     CaptionMetrics,
@@ -36,6 +37,7 @@ __all__ = [
     "build_choice_prompt",
     "build_judge_prompt",
     "caption_metrics",
+    "compute_baselines",
     "exact_match",
     "llava_med_closed_hit",
     "llava_med_f1_precision_recall",

@@ -1,7 +1,8 @@
 # Copyright (c) medcap contributors.
 # Licensed under the BSD-style license found in the LICENSE file in the root directory.
 
-"""Tests of the synthetic VQA data set: determinism, labels, pixels, splits, balance, baselines."""
+"""Tests of the synthetic VQA data set: determinism, labels, pixels, splits, balance, the written
+baselines (the baseline rules themselves: tests/metrics/test_baselines.py)."""
 
 import json
 import math
@@ -15,12 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medcap.data.synthetic import (
-    compute_baselines,
-    make_synthetic_vqa,
-    organ_mask,
-    save_sample_grid,
-)
+from medcap.data.synthetic import make_synthetic_vqa, organ_mask, save_sample_grid
+from medcap.metrics.baselines import compute_baselines
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_SIZE = 64
@@ -264,65 +261,6 @@ def test_yes_and_no_are_balanced_per_closed_question_type(tmp_path):
     assert train_modalities == {"CT": 80, "MRI": 80, "X-ray": 80}
 
 
-def _qa(question, answer, answer_type, question_type):
-    return {
-        "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}],
-        "answer_type": answer_type,
-        "question_type": question_type,
-    }
-
-
-def test_baselines_on_hand_built_records():
-    train = [
-        _qa("Is there a lesion?", "yes", "CLOSED", "presence"),
-        _qa("Is there a lesion?", "yes", "CLOSED", "presence"),
-        _qa("Is there a lesion?", "no", "CLOSED", "presence"),
-        _qa("Is this a CT scan?", "no", "CLOSED", "modality"),
-        _qa("Is this a CT scan?", "no", "CLOSED", "modality"),
-        _qa("Is this an X-ray?", "yes", "CLOSED", "modality"),
-        _qa("How many lesions are there?", "0", "OPEN", "count"),
-        _qa("How many lesions are there?", "2", "OPEN", "count"),
-        _qa("How many lesions are there?", "2", "OPEN", "count"),
-        _qa("Where is the largest lesion?", "none", "OPEN", "location"),
-        _qa("Where is the largest lesion?", "Upper left", "OPEN", "location"),
-    ]
-    test = [
-        _qa("Is there a lesion?", "no", "CLOSED", "presence"),
-        _qa("Is there a lesion?", "yes", "CLOSED", "presence"),
-        _qa("Is this a CT scan?", "no", "CLOSED", "modality"),
-        _qa("Is this an X-ray?", "yes", "CLOSED", "modality"),
-        _qa("Is this an MRI scan?", "no", "CLOSED", "modality"),  # unseen text
-        _qa("How many lesions are there?", "2", "OPEN", "count"),
-        _qa("Where is the largest lesion?", "upper left ", "OPEN", "location"),
-        _qa("What is the imaging modality?", "CT", "OPEN", "modality"),  # unseen type
-    ]
-    result = compute_baselines(train, test)
-    assert result["num_train"] == 11 and result["num_test"] == 8
-
-    majority = result["majority"]
-    # presence -> "yes" (2 of 3); modality (closed) -> "no" (2 of 3); count -> "2";
-    # location: "none" and "upper left" tie 1-1 -> alphabetically first "none"
-    assert majority["answers"] == {
-        "CLOSED/modality": "no",
-        "CLOSED/presence": "yes",
-        "OPEN/count": "2",
-        "OPEN/location": "none",
-    }
-    # closed: presence 1/2, modality no,no,no vs no,yes,no -> 2/3: 3 of 5
-    assert majority["closed_accuracy"] == pytest.approx(3 / 5)
-    # open: count hit, location miss, unseen type miss -> 1 of 3
-    assert majority["open_exact_match"] == pytest.approx(1 / 3)
-    assert majority["by_question_type"]["CLOSED/presence"] == {"accuracy": 0.5, "count": 2}
-    assert majority["by_answer_type"]["OPEN"] == {"accuracy": pytest.approx(1 / 3), "count": 3}
-
-    question_only = result["question_only"]
-    # per question: presence "yes"; CT "no"; X-ray "yes"; MRI unseen -> type majority "no"
-    assert question_only["answers"]["Is this an X-ray?"] == "yes"
-    assert question_only["closed_accuracy"] == pytest.approx(4 / 5)
-    # count "2" hit; location tie -> "none" miss; unseen type -> "" miss
-    assert question_only["open_exact_match"] == pytest.approx(1 / 3)
-
-
 def test_baselines_file_matches_a_recomputation(data_dir):
     saved = _load(data_dir, "baselines.json")
     recomputed = compute_baselines(_load(data_dir, "train.json"), _load(data_dir, "test.json"))
@@ -330,12 +268,6 @@ def test_baselines_file_matches_a_recomputation(data_dir):
     # presence is 50/50 by construction, so the majority answer cannot beat chance there
     presence = saved["majority"]["by_question_type"]["CLOSED/presence"]
     assert presence["count"] == 5 and presence["accuracy"] in (0.4, 0.6)
-
-
-def test_baselines_name_the_bad_record():
-    good = _qa("Is there a lesion?", "yes", "CLOSED", "presence")
-    with pytest.raises(ValueError, match="test record 1: missing field 'question_type'"):
-        compute_baselines([good], [good, {"conversations": [], "answer_type": "OPEN"}])
 
 
 def test_existing_output_is_reused_replaced_or_protected(tmp_path):
