@@ -9,8 +9,12 @@ import difflib
 import re
 from typing import Any, Iterable
 
+import logging
+
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchtune import config as tune_config
+
+log = logging.getLogger(__name__)
 
 
 def _build(node: Any) -> Any:
@@ -42,10 +46,12 @@ def instantiate(node: DictConfig, *args: Any, **kwargs: Any) -> Any:
 
 
 def check_config_keys(cfg: DictConfig, known: Iterable[str], recipe: str) -> None:
-    """Refuse top-level keys the recipe does not read, so a typo is not silently ignored.
+    """Refuse a top-level key that looks like a misspelled known key; warn about other unread keys.
 
     A key that other values interpolate (``llm_dir``, ``data_dir`` in ``${llm_dir}/...``) is used
-    and allowed.
+    and allowed. An unread key close to a known one (``batchsize`` for ``batch_size``) is an error:
+    the setting the user meant would silently keep its default. Any other unread key is logged
+    as a warning (a variable whose uses were all overridden on the command line, say).
 
     Args:
         cfg (DictConfig): the launched config, overrides merged.
@@ -53,18 +59,18 @@ def check_config_keys(cfg: DictConfig, known: Iterable[str], recipe: str) -> Non
         recipe (str): the recipe's name, for the message.
 
     Raises:
-        ValueError: naming the unknown keys and the nearest known ones.
+        ValueError: naming the misspelled keys and the known keys they resemble.
     """
     known = set(known)
     referenced = set(re.findall(r"\$\{([A-Za-z_]\w*)", OmegaConf.to_yaml(cfg, resolve=False)))
-    unknown = [key for key in cfg if key not in known and key not in referenced]
-    if not unknown:
-        return
-    hints = []
-    for key in unknown:
-        close = difflib.get_close_matches(str(key), sorted(known), n=1)
-        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    raise ValueError(
-        f"{recipe}: unknown config key(s) {', '.join(hints)}; a key the recipe does not read would be "
-        f"silently ignored. Known keys: {', '.join(sorted(known))}"
-    )
+    unread = [str(key) for key in cfg if key not in known and key not in referenced]
+    misspelled = {key: difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8) for key in unread}
+    misspelled = {key: close[0] for key, close in misspelled.items() if close}
+    if misspelled:
+        hints = ", ".join(f"{key!r} (did you mean {close!r}?)" for key, close in misspelled.items())
+        raise ValueError(
+            f"{recipe}: unknown config key(s) {hints}; the recipe does not read them, so the setting "
+            f"would be silently ignored. Known keys: {', '.join(sorted(known))}"
+        )
+    for key in unread:
+        log.warning("%s: config key %r is not read by the recipe (nor used by another value); it has no effect", recipe, key)

@@ -180,3 +180,16 @@ def test_transform_and_model_that_disagree_name_both_keys(tiny_assets, tmp_path)
     model.image_token_id = 267
     with pytest.raises(ValueError, match="model_transform.tokenizer has image token id 268 but model.image_token_id is 267"):
         check_transform_fits_model(transform, model)
+
+
+def test_an_unread_key_that_is_no_near_miss_is_only_a_warning(caplog):
+    cfg = OmegaConf.create({"batch_size": 2, "data_dir": "data/x", "notes": "first try"})
+    with caplog.at_level("WARNING"):
+        medcap_config.check_config_keys(cfg, ["batch_size"], "recipe")
+    assert [r.getMessage() for r in caplog.records] == [
+        "recipe: config key 'data_dir' is not read by the recipe (nor used by another value); it has no effect",
+        "recipe: config key 'notes' is not read by the recipe (nor used by another value); it has no effect",
+    ]
+    caplog.clear()
+    medcap_config.check_config_keys(OmegaConf.create({"data_dir": "x", "source": "${data_dir}/a.json"}), ["source"], "r")
+    assert caplog.records == []
