@@ -1,4 +1,8 @@
-"""Evaluation metrics: captioning (pycocoevalcap), VQA protocols, LLM-judge prompts."""
+"""Evaluation metrics: captioning (pycocoevalcap), VQA protocols, LLM-judge prompts and parsers.
+
+Pure functions: nothing here imports ``medcap.generation`` or ``medcap.models`` (the judge's model
+runtime is :mod:`medcap.generation.judge`).
+"""
 
 from medcap.metrics.baselines import compute_baselines
 from medcap.metrics.captioning import (
@@ -13,6 +17,9 @@ from medcap.metrics.judge import (
     medcap_original_score,
     parse_choice_reply,
     parse_judge_reply,
+    parse_options,
+    reference_letter,
+    summarise_choices,
     summarise_judgements,
 )
 from medcap.metrics.vqa import (
@@ -49,7 +56,10 @@ __all__ = [
     "normalize_answer",
     "parse_choice_reply",
     "parse_judge_reply",
+    "parse_options",
+    "reference_letter",
     "spice_unavailable_reason",
+    "summarise_choices",
     "summarise_judgements",
     "vqa_scores",
 ]

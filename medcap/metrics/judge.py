@@ -8,11 +8,22 @@ is the strict parser used for reporting, and unparsable replies are counted apar
 (:func:`summarise_judgements`).
 
 The multiple-choice mode follows medcap's OmniMedVQA judge (``torchtune/custom_generate_func.py``,
-``eval_vqa``): the options are listed as ``A. ...`` lines and the judge answers with a letter.
+``eval_vqa``): the options are listed as ``A. ...`` lines and the judge answers with a letter
+(:func:`parse_options` reads an ``options`` cell, :func:`reference_letter` the option a
+reference names, :func:`summarise_choices` counts the letters).
+
+Pure functions on strings: the judge model runs in :mod:`medcap.generation.judge`, the resumable
+CSV loop is :mod:`medcap.generation.judge_csv`, the launcher is ``recipes/llm_judge.py``.
 """
 
+import json
 import re
-from typing import Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
+
+from medcap.metrics.vqa import normalize_answer
+
+MODES = ("right_wrong", "choice")  # the judge's two protocols
+RIGHT_WRONG = ("RIGHT", "WRONG")  # the allowed replies of the right_wrong mode
 
 JUDGE_INSTRUCTION = (
     "Respond with only RIGHT or WRONG. "
@@ -183,4 +194,76 @@ def summarise_judgements(judgements: Sequence[Optional[bool]]) -> dict:
         "n_unparsable": n_unparsable,
         "accuracy_over_parsable": n_right / n_parsable if n_parsable else None,
         "accuracy_unparsable_as_wrong": n_right / n if n else None,
+    }
+
+
+def parse_options(text: str, where: str = "options") -> Dict[str, str]:
+    """An ``options`` cell (a JSON object ``{"A": "...", "B": "..."}``) as ``{letter: text}``, in order.
+
+    Args:
+        text (str): the cell.
+        where (str): named in error messages, e.g. ``"p.csv: row 3, column 'options'"``.
+
+    Returns:
+        Dict[str, str]: letter -> option text, in the cell's order.
+
+    Raises:
+        ValueError: naming ``where`` when the cell is not a non-empty JSON object of
+            single-letter keys to strings.
+    """
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where}: not valid JSON ({error.msg}): {text[:80]!r}") from None
+    if not isinstance(options, dict) or not options:
+        raise ValueError(f"{where}: expected a non-empty JSON object like {{\"A\": \"...\"}}, got {text[:80]!r}")
+    for letter, option in options.items():
+        if len(letter) != 1 or not letter.isalpha() or not isinstance(option, str):
+            raise ValueError(f"{where}: option {letter!r}: keys must be single letters and values strings")
+    return options
+
+
+def reference_letter(reference: str, options: Mapping[str, str]) -> Optional[str]:
+    """The option a reference names: its letter ("b", "B.", "(B)") or its text (normalised exact match).
+
+    Args:
+        reference (str): the reference answer.
+        options (Mapping[str, str]): letter -> option text.
+
+    Returns:
+        Optional[str]: an upper-case letter of ``options``, or None when the reference names none
+        (or its text matches several options).
+    """
+    letter = reference.strip().rstrip(".)").lstrip("(").upper()
+    if letter in {key.upper() for key in options}:
+        return letter
+    wanted = normalize_answer(reference)
+    matches = [key.upper() for key, text in options.items() if normalize_answer(text) == wanted]
+    return matches[0] if len(matches) == 1 else None
+
+
+def summarise_choices(letters: Sequence[Optional[str]], correct: Sequence[Optional[bool]]) -> dict:
+    """Summarise multiple-choice judgements.
+
+    Args:
+        letters (Sequence[Optional[str]]): the parsed letter of each row, None when unparsable.
+        correct (Sequence[Optional[bool]]): per row, whether the letter is the reference's
+            option; None when the row is not scored (unparsable, or no option named by the
+            reference).
+
+    Returns:
+        dict: ``n``, ``n_parsed``, ``n_unparsable``, ``n_scored``, ``n_correct``,
+        ``accuracy_over_scored`` (n_correct / n_scored, None if nothing is scored) and
+        ``choice_counts`` (letter -> rows, letters sorted).
+    """
+    parsed = [letter for letter in letters if letter]
+    scored = [bool(value) for value in correct if value is not None]
+    return {
+        "n": len(letters),
+        "n_parsed": len(parsed),
+        "n_unparsable": len(letters) - len(parsed),
+        "n_scored": len(scored),
+        "n_correct": sum(scored),
+        "accuracy_over_scored": sum(scored) / len(scored) if scored else None,
+        "choice_counts": {letter: parsed.count(letter) for letter in sorted(set(parsed))},
     }

@@ -1,6 +1,11 @@
-"""Hand-checked tests of the LLM-judge prompts and reply parsers."""
+"""Hand-checked tests of the LLM-judge prompts and reply parsers (the pure part, no model)."""
+
+import os
+import subprocess
+import sys
 
 import pytest
+from helpers import REPO_ROOT
 
 from medcap.metrics.judge import (
     build_choice_prompt,
@@ -8,6 +13,9 @@ from medcap.metrics.judge import (
     medcap_original_score,
     parse_choice_reply,
     parse_judge_reply,
+    parse_options,
+    reference_letter,
+    summarise_choices,
     summarise_judgements,
 )
 
@@ -136,3 +144,52 @@ def test_summarise_judgements_garbage_and_empty():
     assert summary["accuracy_unparsable_as_wrong"] == 0.0
     empty = summarise_judgements([])
     assert empty["accuracy_over_parsable"] is None and empty["accuracy_unparsable_as_wrong"] is None
+
+
+def test_parse_options_keeps_order_and_names_the_cell():
+    assert list(parse_options('{"B": "CT", "A": "MRI"}').items()) == [("B", "CT"), ("A", "MRI")]
+    where = "p.csv: row 3, column 'options'"
+    with pytest.raises(ValueError, match=r"p\.csv: row 3, column 'options': not valid JSON"):
+        parse_options("A: x", where)
+    with pytest.raises(ValueError, match=r"row 3, column 'options': expected a non-empty JSON object"):
+        parse_options("{}", where)
+    with pytest.raises(ValueError, match=r"row 3, column 'options': expected a non-empty JSON object"):
+        parse_options('["A", "B"]', where)
+    with pytest.raises(ValueError, match=r"option 'AB': keys must be single letters"):
+        parse_options('{"AB": "x"}', where)
+    with pytest.raises(ValueError, match=r"option 'A': keys must be single letters and values strings"):
+        parse_options('{"A": 1}', where)
+
+
+def test_reference_letter():
+    assert reference_letter("b.", {"A": "x", "B": "y"}) == "B"
+    assert reference_letter("(a)", {"A": "x", "B": "y"}) == "A"
+    assert reference_letter("X-Ray", {"A": "x-ray", "B": "CT"}) == "A"
+    assert reference_letter("PET", {"A": "x-ray", "B": "CT"}) is None
+    assert reference_letter("CT", {"A": "ct", "B": "CT"}) is None  # names two options: none chosen
+
+
+def test_summarise_choices():
+    summary = summarise_choices(["B", None, "A", "B", "B"], [True, None, False, None, True])
+    assert summary == {
+        "n": 5,
+        "n_parsed": 4,
+        "n_unparsable": 1,
+        "n_scored": 3,
+        "n_correct": 2,
+        "accuracy_over_scored": pytest.approx(2 / 3),
+        "choice_counts": {"A": 1, "B": 3},
+    }
+    assert summarise_choices([], [])["accuracy_over_scored"] is None
+
+
+def test_metrics_import_neither_generation_nor_models():
+    """metrics is a leaf: importing it (judge included) loads no model or decoding code, and no torch."""
+    code = (
+        "import sys, medcap.metrics, medcap.metrics.judge; "
+        "bad = sorted(m for m in sys.modules if m.startswith(('medcap.generation', 'medcap.models', 'torch'))); "
+        "assert not bad, bad"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0, result.stderr
