@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from medcap.data import converters  # noqa: E402
 from medcap.data.converters.common import EMPTY_RESPONSE_POLICIES, select_splits  # noqa: E402
+from medcap.utils.atomic import atomic_write_json, atomic_write_jsonl  # noqa: E402
 
 DATASETS = ("vqarad", "slake", "rocov2", "pmcoa", "llava", "plm", "csv", "hf", "sharegpt")
 SPLIT_SOURCES = {
@@ -60,42 +61,47 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def convert_options(args: argparse.Namespace) -> converters.ConvertOptions:
+    """The options every dataset converter shares, from the command line."""
+    return converters.ConvertOptions(
+        image_dir=args.image_dir,
+        instruction=args.instruction,
+        sample_instructions={"auto": None, "sample": True, "first": False}[args.instruction_mode],
+        seed=args.seed,
+        empty_answers=args.empty_answers,
+    )
+
+
 def load_records(args: argparse.Namespace) -> list:
     """Reads the source named by ``args.dataset`` as ShareGPT records."""
-    instructions = {
-        "instruction": args.instruction,
-        "sample_instructions": {"auto": None, "sample": True, "first": False}[args.instruction_mode],
-        "seed": args.seed,
-        "empty_answers": args.empty_answers,
-    }
+    options = convert_options(args)
     if args.dataset in SPLIT_SOURCES:
         splits = select_splits(args.split, SPLIT_SOURCES[args.dataset], args.dataset)
-        options = dict(image_dir=args.image_dir, **instructions)
         if args.dataset == "vqarad":
             return converters.convert_vqarad(
-                args.input, splits, split_scheme=args.split_scheme, kind=args.kind, **options
+                args.input, splits, split_scheme=args.split_scheme, kind=args.kind, options=options
             )
         if args.dataset == "slake":
-            return converters.convert_slake(args.input, splits, lang=args.lang, kind=args.kind, **options)
+            return converters.convert_slake(args.input, splits, lang=args.lang, kind=args.kind, options=options)
         if args.dataset == "rocov2":
-            return converters.convert_rocov2(args.input, splits, **options)
-        return converters.convert_pmcoa(args.input, splits, **options)
+            return converters.convert_rocov2(args.input, splits, options=options)
+        return converters.convert_pmcoa(args.input, splits, options=options)
     split = None if args.split == "all" else args.split
     if args.dataset in ("llava", "plm", "sharegpt"):
         reader = {"llava": converters.from_llava, "plm": converters.from_plm, "sharegpt": converters.read_sharegpt}
         return reader[args.dataset](args.input, image_dir=args.image_dir, split=split)
-    columns = dict(
-        image_dir=args.image_dir,
-        image_column=args.image_column,
-        question_column=args.question_column,
-        answer_column=args.answer_column,
-        caption_column=args.caption_column,
-        keep_columns=[column for column in args.keep_columns.split(",") if column],
-        **instructions,
+    columns = converters.TableColumns(
+        image=args.image_column,
+        question=args.question_column,
+        answer=args.answer_column,
+        caption=args.caption_column,
+        keep=[column for column in args.keep_columns.split(",") if column],
     )
     if args.dataset == "csv":
-        return converters.convert_csv(args.input, split=split, split_column=args.split_column, **columns)
-    return converters.convert_hf(args.input, split=split, **columns)
+        return converters.convert_csv(
+            args.input, split=split, split_column=args.split_column, columns=columns, options=options
+        )
+    return converters.convert_hf(args.input, split=split, columns=columns, options=options)
 
 
 def write_records(records: list, output: str, to: str, indent: int) -> list:
@@ -109,10 +115,10 @@ def write_records(records: list, output: str, to: str, indent: int) -> list:
         targets = [(output, records)]
     for path, group in targets:
         if to == "plm":
-            converters.write_jsonl_atomic(path, converters.to_plm(group))
+            atomic_write_jsonl(path, converters.to_plm(group))
         else:
             rows = converters.to_llava(group) if to == "llava" else group
-            converters.write_json_atomic(path, rows, indent=indent or None)
+            atomic_write_json(path, rows, indent=indent or None)
     return [(path, len(group)) for path, group in targets]
 
 

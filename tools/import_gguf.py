@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medcap.models.gguf_import import convert_gguf, find_smollm2_gguf  # noqa: E402
+from medcap.convert.gguf import convert_gguf, find_smollm2_gguf  # noqa: E402
 
 
 def main(argv=None) -> int:

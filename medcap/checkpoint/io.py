@@ -5,44 +5,26 @@ Layout of a run's ``output_dir``::
     epoch_{n}/image_encoder.safetensors   # every image-encoder weight (tower + projector)
     epoch_{n}/recipe_state.pt             # optimizer, scheduler, RNG, epoch, step (tensors only)
 
-The frozen decoder is never re-saved. Files are written to a temporary name and renamed, so a
-crash never leaves a half-written checkpoint under the final name. Loading uses safetensors or
-``torch.load(weights_only=True)``: no pickled code runs.
+The frozen decoder is never re-saved. Files are written with :func:`medcap.utils.atomic.atomic_write`
+(a temporary name, then a rename), so a crash never leaves a half-written checkpoint under the final
+name. Loading uses safetensors or ``torch.load(weights_only=True)``: no pickled code runs.
 """
 
 import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from medcap.utils.atomic import atomic_write  # re-exported as medcap.checkpoint.atomic_write
+
 IMAGE_ENCODER_FILE = "image_encoder.safetensors"
 RECIPE_STATE_FILE = "recipe_state.pt"
 _LEGACY_PROJECTOR_KEYS = {"0.": "fc1.", "2.": "fc2."}  # medcap's nn.Sequential(Linear, GELU, Linear)
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(temp_path)`` then rename the temp file to ``path``.
-
-    Args:
-        path (Path): final file.
-        write (Callable[[str], None]): writes the whole file to the path it is given.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def save_image_encoder(image_encoder: nn.Module, directory: Path, metadata: Optional[Dict[str, str]] = None) -> Path:

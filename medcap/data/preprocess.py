@@ -6,7 +6,6 @@ The resize and crop follow torchvision's ``Resize(size)`` + ``CenterCrop(size)``
 """
 
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -14,6 +13,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from PIL import Image, ImageOps
 from tqdm import tqdm
+
+from medcap.utils.atomic import atomic_write
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -70,7 +71,7 @@ def preprocess_file(
     source_and_target: Tuple[str, str], size: int = 224, max_aspect_ratio: float = 1.8, quality: int = 95,
     overwrite: bool = False,
 ) -> Tuple[str, str]:
-    """Preprocesses one image file, writing the target atomically (temp file + ``os.replace``).
+    """Preprocesses one image file, writing the target with :func:`medcap.utils.atomic.atomic_write`.
 
     Args:
         source_and_target (Tuple[str, str]): input and output paths.
@@ -90,18 +91,9 @@ def preprocess_file(
             output = preprocess_image(image, size, max_aspect_ratio)
     except Exception as err:  # PIL raises many types for corrupt files
         return source, f"failed: {type(err).__name__}: {err}"
-    extension = os.path.splitext(target)[1].lower()
-    image_format = Image.registered_extensions()[extension]
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".preprocess.", suffix=extension, dir=os.path.dirname(target))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            output.save(f, format=image_format, **({"quality": quality} if image_format == "JPEG" else {}))
-        os.replace(tmp_path, target)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    image_format = Image.registered_extensions()[os.path.splitext(target)[1].lower()]
+    save_options = {"quality": quality} if image_format == "JPEG" else {}
+    atomic_write(target, lambda temp: output.save(temp, format=image_format, **save_options))
     return source, "written"
 
 
@@ -123,6 +115,7 @@ def find_images(
     for directory, subdirectories, filenames in os.walk(input_dir):
         subdirectories[:] = [d for d in subdirectories if os.path.abspath(os.path.join(directory, d)) != exclude_dir]
         for filename in filenames:
+            # temp files (``.<name>.*.tmp``; ``.preprocess.*`` from older versions) are no images
             if filename.lower().endswith(tuple(extensions)) and not filename.startswith(".preprocess."):
                 relative_paths.append(os.path.relpath(os.path.join(directory, filename), input_dir))
     return sorted(relative_paths)

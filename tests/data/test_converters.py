@@ -22,16 +22,17 @@ from medcap.data.converters import (
     convert_rocov2,
     convert_slake,
     convert_vqarad,
+    ConvertOptions,
     DatasetFormatError,
     from_llava,
     from_plm,
     read_sharegpt,
     schema_problems,
+    TableColumns,
     to_llava,
     to_plm,
-    write_json_atomic,
-    write_jsonl_atomic,
 )
+from medcap.utils.atomic import atomic_write_json, atomic_write_jsonl
 
 
 def load_tool(name):
@@ -74,7 +75,8 @@ def test_vqarad_mevf_split_counts_and_test_rows_equal_official_test():
 
 def test_slake_english_counts_and_fields(caplog):
     root = require_dataset("slake")
-    records = convert_slake(str(root), ["train", "val", "test"], lang="en", empty_answers="keep")
+    keep = ConvertOptions(empty_answers="keep")
+    records = convert_slake(str(root), ["train", "val", "test"], lang="en", options=keep)
     assert collections.Counter(r["split"] for r in records) == {"train": 4919, "val": 1053, "test": 1061}
     test = [r for r in records if r["split"] == "test"]
     assert collections.Counter(r["answer_type"] for r in test) == {"OPEN": 645, "CLOSED": 416}
@@ -87,12 +89,13 @@ def test_slake_english_counts_and_fields(caplog):
     assert len(train) == 4918
     assert "record 1622, field 'answer'" in caplog.text and "train.json" in caplog.text
     with pytest.raises(DatasetFormatError, match=r"train\.json', record 1622, field 'answer'"):
-        convert_slake(str(root), ["train"], empty_answers="error")
+        convert_slake(str(root), ["train"], options=ConvertOptions(empty_answers="error"))
 
 
 def test_slake_both_languages_total():
     root = require_dataset("slake")
-    records = convert_slake(str(root), ["train", "val", "test"], lang="both", empty_answers="keep")
+    keep = ConvertOptions(empty_answers="keep")
+    records = convert_slake(str(root), ["train", "val", "test"], lang="both", options=keep)
     assert len(records) == 14028
     counts = collections.Counter((r["split"], r["lang"]) for r in records)
     assert counts[("train", "zh")] == 4916 and counts[("val", "zh")] == 1046 and counts[("test", "zh")] == 1033
@@ -101,8 +104,8 @@ def test_slake_both_languages_total():
 def test_slake_round_trip_through_llava_and_plm(tmp_path):
     root = require_dataset("slake")
     records = convert_slake(str(root), ["test"], lang="both")
-    write_json_atomic(tmp_path / "llava.json", to_llava(records))
-    write_jsonl_atomic(tmp_path / "plm.jsonl", to_plm(records))
+    atomic_write_json(tmp_path / "llava.json", to_llava(records))
+    atomic_write_jsonl(tmp_path / "plm.jsonl", to_plm(records))
     assert from_llava(str(tmp_path / "llava.json")) == records
     assert from_plm(str(tmp_path / "plm.jsonl")) == records
 
@@ -134,7 +137,7 @@ def test_rocov2(tmp_path):
     assert [r["conversations"][0]["value"] for r in records[:2]] == [rng.choice(CAPTION_INSTRUCTIONS) for _ in range(2)]
     assert records[2]["conversations"][0]["value"] == CAPTION_INSTRUCTIONS[0]
     assert records[2]["split"] == "val"
-    fixed = convert_rocov2(str(tmp_path), ["train"], instruction="Caption this.")
+    fixed = convert_rocov2(str(tmp_path), ["train"], options=ConvertOptions(instruction="Caption this."))
     assert {r["conversations"][0]["value"] for r in fixed} == {"Caption this."}
     (tmp_path / "test_captions.csv").write_text("ID,Text\nROCO_4,x\n")
     with pytest.raises(DatasetFormatError, match=r"test_captions\.csv', field 'Caption'"):
@@ -143,7 +146,7 @@ def test_rocov2(tmp_path):
 
 def test_pmcoa(tmp_path):
     rows = [{"image": "a.jpg", "caption": "Fig 1"}, {"image": "b.jpg", "caption": "Fig 2"}]
-    write_jsonl_atomic(tmp_path / "test.jsonl", rows)
+    atomic_write_jsonl(tmp_path / "test.jsonl", rows)
     records = convert_pmcoa(str(tmp_path), ["test"])
     assert [(r["image"], r["conversations"][1]["value"]) for r in records] == [("a.jpg", "Fig 1"), ("b.jpg", "Fig 2")]
     assert records[0]["meta"].endswith("caption_T060_filtered_top4_sep_v0_subfigures")
@@ -153,13 +156,13 @@ def test_pmcoa(tmp_path):
 
 
 def test_vqarad_and_slake_text_kind(tmp_path):
-    write_json_atomic(tmp_path / "test_text.json", [{"image_name": "synpic1.jpg", "text": "An axial CT."}])
+    atomic_write_json(tmp_path / "test_text.json", [{"image_name": "synpic1.jpg", "text": "An axial CT."}])
     records = convert_vqarad(str(tmp_path), ["test"], kind="text")
     assert records[0]["conversations"] == [
         {"from": "human", "value": CAPTION_INSTRUCTIONS[0]},
         {"from": "gpt", "value": "An axial CT."},
     ]
-    write_json_atomic(tmp_path / "train_text.json", [{"img_name": "xmlab1/source.jpg", "text": "MRI."}] * 3)
+    atomic_write_json(tmp_path / "train_text.json", [{"img_name": "xmlab1/source.jpg", "text": "MRI."}] * 3)
     records = convert_slake(str(tmp_path), ["train"], kind="text")
     rng = random.Random(0)
     assert [r["conversations"][0]["value"] for r in records] == [rng.choice(CAPTION_INSTRUCTIONS) for _ in range(3)]
@@ -168,26 +171,26 @@ def test_vqarad_and_slake_text_kind(tmp_path):
 def test_csv_vqa_with_named_columns_and_split_column(tmp_path):
     path = tmp_path / "table.csv"
     path.write_text("img,q,a,kind,part\nx.png,Is it CT?,yes,CLOSED,train\ny.png,What organ?,liver,OPEN,validation\n")
-    records = convert_csv(str(path), image_column="img", question_column="q", answer_column="a",
-                          keep_columns=["kind"], split_column="part", image_dir=str(tmp_path))
+    records = convert_csv(str(path), columns=TableColumns(image="img", question="q", answer="a", keep=["kind"]),
+                          split_column="part", options=ConvertOptions(image_dir=str(tmp_path)))
     assert records == [
         {"conversations": [{"from": "human", "value": "Is it CT?"}, {"from": "gpt", "value": "yes"}],
          "image": "x.png", "meta": f"dir={tmp_path}", "kind": "CLOSED", "split": "train"},
         {"conversations": [{"from": "human", "value": "What organ?"}, {"from": "gpt", "value": "liver"}],
          "image": "y.png", "meta": f"dir={tmp_path}", "kind": "OPEN", "split": "val"},
     ]
-    only_val = convert_csv(str(path), image_column="img", question_column="q", answer_column="a",
+    only_val = convert_csv(str(path), columns=TableColumns(image="img", question="q", answer="a"),
                            split_column="part", split="val")
     assert [r["image"] for r in only_val] == ["y.png"]
     path.write_text("img,q,a,part\nx.png,Is it CT?,yes,train\ny.png,,liver,validation\n")
     with pytest.raises(DatasetFormatError, match=r"table\.csv', record 1, field 'q': is empty"):
-        convert_csv(str(path), image_column="img", question_column="q", answer_column="a", split_column="part")
+        convert_csv(str(path), columns=TableColumns(image="img", question="q", answer="a"), split_column="part")
 
 
 def test_csv_captions(tmp_path):
     path = tmp_path / "captions.csv"
     path.write_text("file,text\na.jpg,First.\nb.jpg,Second.\n")
-    records = convert_csv(str(path), image_column="file", caption_column="text", split="test")
+    records = convert_csv(str(path), columns=TableColumns(image="file", caption="text"), split="test")
     assert [r["conversations"][0]["value"] for r in records] == [CAPTION_INSTRUCTIONS[0]] * 2
     assert [r["conversations"][1]["value"] for r in records] == ["First.", "Second."]
 
@@ -210,6 +213,45 @@ def test_hf_dataset_dict_from_disk(tmp_path):
         ("train", "a.jpg", "A1"), ("train", "b.jpg", "A2"), ("val", "a.jpg", "A1")]
 
 
+def test_options_and_columns_are_checked_when_built():
+    with pytest.raises(ValueError, match="empty answers policy must be one of skip, keep, error, got 'drop'"):
+        ConvertOptions(empty_answers="drop")
+    with pytest.raises(ValueError, match="instruction must be non-empty text"):
+        ConvertOptions(instruction="  ")
+    with pytest.raises(ValueError, match="sample_instructions must be None, True or False"):
+        ConvertOptions(sample_instructions="yes")
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        ConvertOptions(seed="0")
+    with pytest.raises(ValueError, match="question and answer columns"):
+        TableColumns(question=None)
+    assert TableColumns(image="file", question=None, caption="text", keep=["a"]).keep == ("a",)
+
+
+def test_converted_records_are_checked_by_the_schema(tmp_path):
+    """A record the training dataset would refuse is refused naming the source row; a kept empty answer passes."""
+    row = {"img_name": "a.jpg", "question": "Q?", "answer": "A", "q_lang": "en", "answer_type": "OPEN", "qid": 1}
+    atomic_write_json(tmp_path / "train.json", [row, dict(row, img_name="../outside.jpg")])
+    escapes = r"train\.json', record 1, field 'image': path '\.\./outside\.jpg' escapes"
+    with pytest.raises(DatasetFormatError, match=escapes):
+        convert_slake(str(tmp_path), ["train"])
+    atomic_write_json(tmp_path / "train.json", [dict(row, question="<image> and <image>?")])
+    with pytest.raises(DatasetFormatError, match=r"record 0, field 'conversations': 2 '<image>' markers"):
+        convert_slake(str(tmp_path), ["train"])
+    atomic_write_json(tmp_path / "train.json", [dict(row, answer=" ")])
+    assert convert_slake(str(tmp_path), ["train"]) == []
+    (kept,) = convert_slake(str(tmp_path), ["train"], options=ConvertOptions(empty_answers="keep"))
+    assert kept["conversations"][1] == {"from": "gpt", "value": ""}
+    assert schema_problems(kept) == [("conversations[1].value", "empty answer")]
+    atomic_write_jsonl(tmp_path / "test.jsonl", [{"image": "/elsewhere/a.jpg", "caption": "x"}])  # caption records too
+    escapes = r"test\.jsonl', record 0, field 'image': path '/elsewhere/a\.jpg' escapes"
+    with pytest.raises(DatasetFormatError, match=escapes):
+        convert_pmcoa(str(tmp_path), ["test"])
+    atomic_write_json(tmp_path / "list.json", [[1]])
+    with pytest.raises(DatasetFormatError, match=r"list\.json', record 0: expected an object, got list") as error:
+        read_sharegpt(str(tmp_path / "list.json"))
+    assert error.value.field is None
+
+
 # ---------------------------------------------------------------- LLaVA / PLM
 
 
@@ -229,10 +271,10 @@ def test_llava_round_trip_and_marker(tmp_path):
     assert llava[0]["conversations"][0]["value"] == "<image>\nIs there a nodule?"
     assert llava[1]["conversations"][0]["value"] == "Compare: <image> left?"  # marker kept in place
     assert "<image>" not in json.dumps(llava[2])  # text-only record: no marker
-    write_json_atomic(tmp_path / "llava.json", llava)
+    atomic_write_json(tmp_path / "llava.json", llava)
     assert from_llava(str(tmp_path / "llava.json")) == SHAREGPT_RECORDS
     # plain LLaVA data: the marker may follow the question; meta comes from the image folder
-    write_json_atomic(tmp_path / "plain.json", [{"id": "7", "image": "x.jpg", "conversations": [
+    atomic_write_json(tmp_path / "plain.json", [{"id": "7", "image": "x.jpg", "conversations": [
         {"from": "human", "value": "<image>What is shown?"}, {"from": "gpt", "value": "A chest X-ray."}]}])
     (record,) = from_llava(str(tmp_path / "plain.json"), image_dir="/imgs", split="train")
     assert record == {"id": "7", "image": "x.jpg", "meta": "dir=/imgs", "split": "train", "conversations": [
@@ -252,7 +294,7 @@ def test_user_assistant_roles_are_accepted_and_exported_as_human_gpt():
 def test_plm_round_trip(tmp_path):
     rows = to_plm(SHAREGPT_RECORDS)
     assert [turn["from"] for turn in rows[0]["conversations"]] == ["human", "assistant"]
-    write_jsonl_atomic(tmp_path / "plm.jsonl", rows)
+    atomic_write_jsonl(tmp_path / "plm.jsonl", rows)
     assert from_plm(str(tmp_path / "plm.jsonl")) == SHAREGPT_RECORDS
     (tmp_path / "bad.jsonl").write_text(json.dumps({"image": "x.jpg", "conversations": [
         {"from": "human", "value": "Q"}, {"from": "robot", "value": "A"}]}) + "\n")
@@ -262,9 +304,9 @@ def test_plm_round_trip(tmp_path):
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     path = tmp_path / "out.json"
-    write_json_atomic(path, [1])
+    atomic_write_json(path, [1])
     with pytest.raises(TypeError):
-        write_json_atomic(path, [object()])
+        atomic_write_json(path, [object()])
     assert json.loads(path.read_text()) == [1]
     assert os.listdir(tmp_path) == ["out.json"]
 

@@ -1,7 +1,13 @@
-"""Format converters: public datasets and other tools' formats -> medcap's ShareGPT records."""
+"""Format converters: public datasets and other tools' formats -> medcap's ShareGPT records.
+
+Every dataset converter takes its source, its own choices (splits, language, kind, columns) and one
+:class:`ConvertOptions` (image root, caption instructions, empty-answer policy). The record rules
+are :mod:`medcap.data.schema`'s; files are written with :mod:`medcap.utils.atomic`.
+"""
 
 from medcap.data.converters.common import (
     check_sharegpt_record,
+    ConvertOptions,
     DatasetFormatError,
     make_record,
     read_records,
@@ -15,7 +21,7 @@ from medcap.data.converters.plm import from_plm, to_plm
 from medcap.data.converters.pmcoa import convert_pmcoa
 from medcap.data.converters.rocov2 import convert_rocov2
 from medcap.data.converters.slake import convert_slake
-from medcap.data.converters.table import convert_csv, convert_hf, convert_rows
+from medcap.data.converters.table import convert_csv, convert_hf, convert_rows, TableColumns
 from medcap.data.converters.vqarad import convert_vqarad
 
 
@@ -52,6 +58,7 @@ __all__ = [
     "convert_rows",
     "convert_slake",
     "convert_vqarad",
+    "ConvertOptions",
     "DatasetFormatError",
     "from_llava",
     "from_plm",
@@ -59,6 +66,7 @@ __all__ = [
     "read_records",
     "read_sharegpt",
     "schema_problems",
+    "TableColumns",
     "to_llava",
     "to_plm",
     "write_json_atomic",

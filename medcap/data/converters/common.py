@@ -1,12 +1,20 @@
-"""Shared pieces of the format converters: errors, readers, record building, atomic writes."""
+"""Shared pieces of the format converters: options, errors, readers, record building.
+
+The record rules are :mod:`medcap.data.schema`'s and the writers :mod:`medcap.utils.atomic`'s; this
+module only applies them to converter input and output.
+"""
 
 import json
 import logging
 import os
-import tempfile
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
 
 from medcap.data.converters.instructions import caption_instructions
+from medcap.data.schema import ANSWER_TYPES, check_record, GPT, HUMAN, ROLES
+from medcap.data.schema import image_root, resolve_image_path  # noqa: F401  (transition names, see below)
+from medcap.data.schema import normalize_answer_type as _normalize_answer_type
+from medcap.utils.atomic import atomic_write_json, atomic_write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +24,53 @@ EMPTY_RESPONSE_POLICIES = ("skip", "keep", "error")
 
 # Splits as named in medcap's ShareGPT files, in output order.
 SPLITS = ("train", "val", "test")
+
+# Transition names for code that still imports them from here (image_root, resolve_image_path and
+# these; validation, tools/validate_dataset.py, bench/): the rules live in medcap.data.schema, the
+# writers in medcap.utils.atomic.
+HUMAN_ROLES = tuple(speaker for speaker, role in ROLES.items() if role == "user")  # ("human", "user")
+GPT_ROLES = tuple(speaker for speaker, role in ROLES.items() if role == "assistant")  # ("gpt", "assistant")
+write_json_atomic, write_jsonl_atomic = atomic_write_json, atomic_write_jsonl
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """What every dataset converter takes besides its source: the image root, the captioning
+    instruction and the empty-answer policy.
+
+    Attributes:
+        image_dir (Optional[str]): image root overriding the source's default (``meta: dir=``).
+        instruction (Optional[str]): a fixed instruction for every caption record.
+        sample_instructions (Optional[bool]): sample caption instructions (seeded); ``None`` samples
+            for the train split only and uses the first instruction otherwise.
+        seed (int): instruction sampling seed.
+        empty_answers (str): an empty answer / caption: ``skip`` the record with a warning naming
+            it (default), ``keep`` it, or ``error``.
+
+    Raises:
+        ValueError: an unknown empty-answers policy, an empty instruction, or a seed or
+            ``sample_instructions`` of the wrong type.
+    """
+
+    image_dir: Optional[str] = None
+    instruction: Optional[str] = None
+    sample_instructions: Optional[bool] = None
+    seed: int = 0
+    empty_answers: str = "skip"
+
+    def __post_init__(self):
+        if self.empty_answers not in EMPTY_RESPONSE_POLICIES:
+            raise ValueError(
+                f"empty answers policy must be one of {', '.join(EMPTY_RESPONSE_POLICIES)}, got {self.empty_answers!r}"
+            )
+        if self.instruction is not None and (not isinstance(self.instruction, str) or not self.instruction.strip()):
+            raise ValueError(f"instruction must be non-empty text, got {self.instruction!r}")
+        if self.sample_instructions not in (None, True, False):
+            raise ValueError(f"sample_instructions must be None, True or False, got {self.sample_instructions!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.image_dir is not None:
+            object.__setattr__(self, "image_dir", os.fspath(self.image_dir))
 
 
 class DatasetFormatError(ValueError):
@@ -118,26 +173,24 @@ def get_text(record: dict, field: str, path: str, index: int, *, allow_empty: bo
     return value
 
 
-def get_response(record: dict, field: str, path: str, index: int, empty: str = "skip") -> Optional[str]:
-    """The answer / caption of a source record, with the ``empty`` policy for blank ones.
+def get_response(record: dict, field: str, path: str, index: int, options: ConvertOptions) -> Optional[str]:
+    """The answer / caption of a source record, with the options' policy for blank ones.
 
     Args:
         record (dict): the source record.
         field (str): the answer or caption field.
         path (str): source file, for messages.
         index (int): record index, for messages.
-        empty (str): ``skip`` (return ``None`` and log a warning naming the record), ``keep``
-            (return ``""``) or ``error`` (raise).
+        options (ConvertOptions): ``empty_answers``: ``skip`` (return ``None`` and log a warning
+            naming the record), ``keep`` (return ``""``) or ``error`` (raise).
 
     Returns:
         Optional[str]: the text, or ``None`` when the record is to be skipped.
     """
-    if empty not in EMPTY_RESPONSE_POLICIES:
-        raise ValueError(f"empty answers policy must be one of {', '.join(EMPTY_RESPONSE_POLICIES)}, got {empty!r}")
     value = get_text(record, field, path, index, allow_empty=True)
-    if value or empty == "keep":
+    if value or options.empty_answers == "keep":
         return value
-    if empty == "error":
+    if options.empty_answers == "error":
         raise DatasetFormatError("is empty", file=path, record=index, field=field)
     log.warning("file '%s', record %d, field '%s': empty; record skipped", path, index, field)
     return None
@@ -148,6 +201,10 @@ def get_optional_text(record: dict, field: str, path: str, index: int) -> Option
     if record.get(field) is None:
         return None
     return get_text(record, field, path, index, allow_empty=True)
+
+
+# the gpt turn of a record built by :func:`make_record`, as :func:`medcap.data.schema.check_record` names it
+ANSWER_FIELD = "conversations[1].value"
 
 
 def make_record(
@@ -171,7 +228,7 @@ def make_record(
     Returns:
         dict: ``{"conversations": [...], "image": ..., "meta": ..., **extra}``.
     """
-    record = {"conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": response}]}
+    record = {"conversations": [{"from": HUMAN, "value": prompt}, {"from": GPT, "value": response}]}
     if image is not None:
         record["image"] = image
     if image_dir is not None:
@@ -195,173 +252,81 @@ def select_splits(split: str, available: Sequence[str], source: str) -> list:
     return wanted
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-
-
-def write_json_atomic(path: str, data: Any, indent: Optional[int] = 2) -> None:
-    """Writes JSON to ``path`` through a temp file in the same directory and ``os.replace``."""
-    _atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=indent) + "\n")
-
-
-def write_jsonl_atomic(path: str, rows: Iterable[Any]) -> None:
-    """Writes one JSON object per line, atomically."""
-    _atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-
-
-IMAGE_MARKER = "<image>"
-HUMAN, GPT = "human", "gpt"
-# speaker names the training dataset accepts (the ShareGPT ones first)
-HUMAN_ROLES, GPT_ROLES = (HUMAN, "user"), (GPT, "assistant")
-
-
 def schema_problems(record: Any) -> list:
-    """Checks one record against the ShareGPT schema (the rules of medcap's training dataset).
-
-    Turns alternate ``human`` / ``gpt`` (or ``user`` / ``assistant``) from ``human`` and end with
-    ``gpt``; one leading ``system`` turn is allowed. At most one ``<image>`` marker in the human
-    turns, and only in a record with an image. ``image`` is a non-empty path (``null`` / ``""``: no image); ``meta`` is ``dir=...``.
+    """The problems of one record by :func:`medcap.data.schema.check_record` (the training dataset's rules).
 
     Returns:
-        list: ``(field, message)`` pairs, empty when the record is valid.
+        list: ``(field, message)`` pairs in field order, empty when the record is valid.
     """
-    if not isinstance(record, dict):
-        return [(None, f"record must be an object, got {type(record).__name__}")]
-    problems = []
-    image = record.get("image")
-    if image is not None and not isinstance(image, str):
-        problems.append(("image", f"must be a relative path, got {type(image).__name__}"))
-    meta = record.get("meta")
-    if meta is not None and (not isinstance(meta, str) or not meta.startswith("dir=")):
-        problems.append(("meta", "must be text of the form 'dir=/image/root'"))
-    conversations = record.get("conversations")
-    if not isinstance(conversations, list) or not conversations:
-        return problems + [("conversations", "must be a non-empty list of turns")]
-    first_dialogue_turn = 1 if isinstance(conversations[0], dict) and conversations[0].get("from") == "system" else 0
-    num_markers = 0
-    for turn_index, turn in enumerate(conversations):
-        field = f"conversations[{turn_index}]"
-        if not isinstance(turn, dict):
-            problems.append((field, f"turn must be an object, got {type(turn).__name__}"))
-            continue
-        if turn_index >= first_dialogue_turn:
-            expected_roles = HUMAN_ROLES if (turn_index - first_dialogue_turn) % 2 == 0 else GPT_ROLES
-            if turn.get("from") not in expected_roles:
-                problems.append((f"{field}.from", f"expected {expected_roles[0]!r} (turns alternate human/gpt), "
-                                                  f"got {turn.get('from')!r}"))
-        value = turn.get("value")
-        if not isinstance(value, str):
-            problems.append((f"{field}.value", f"must be text, got {type(value).__name__}"))
-            continue
-        if turn.get("from") in HUMAN_ROLES:
-            num_markers += value.count(IMAGE_MARKER)
-    if (len(conversations) - first_dialogue_turn) % 2 or len(conversations) == first_dialogue_turn:
-        problems.append(("conversations", "must end with a gpt answer (human/gpt pairs)"))
-    if num_markers > 1:
-        problems.append(("conversations", f"{num_markers} {IMAGE_MARKER} markers; at most one image per record"))
-    if num_markers and not image:
-        problems.append(("conversations", f"{IMAGE_MARKER} marker but the record has no image"))
-    return problems
+    return [(problem.field, problem.message) for problem in check_record(record)[1]]
 
 
 def check_sharegpt_record(record: Any, path: str, index: int) -> dict:
-    """Raises :class:`DatasetFormatError` at the first schema problem of a record."""
-    problems = schema_problems(record)
+    """Raises :class:`DatasetFormatError` at the first schema problem of a record; returns the record."""
+    problems = check_record(record)[1]
     if problems:
-        field, message = problems[0]
-        raise DatasetFormatError(message, file=path, record=index, field=field)
+        field = None if problems[0].field == "<record>" else problems[0].field
+        raise DatasetFormatError(problems[0].message, file=path, record=index, field=field)
     return record
 
 
-def image_root(record: dict, image_dir: Optional[str] = None, file_dir: Optional[str] = None) -> Optional[str]:
-    """The image root of a record, in the training dataset's order: ``image_dir`` (an override),
-    the record's ``meta`` ``dir=``, the folder of the JSON file."""
-    if image_dir is not None:
-        return image_dir
-    meta = record.get("meta")
-    if isinstance(meta, str) and meta.startswith("dir="):
-        return meta[len("dir="):]
-    return file_dir
+def check_converted_record(record: dict, path: str, index: int, options: ConvertOptions) -> dict:
+    """Raises :class:`DatasetFormatError` at the first schema problem of a record built from source
+    row ``index`` of ``path`` (an image path leaving its root, two ``<image>`` markers ...); an empty
+    answer passes when the options keep empty answers."""
+    for problem in check_record(record)[1]:
+        if not (options.empty_answers == "keep" and problem.field == ANSWER_FIELD and not problem.fatal):
+            raise DatasetFormatError(problem.message, file=path, record=index, field=problem.field)
+    return record
 
 
-def resolve_image_path(root: str, image: str) -> Optional[str]:
-    """``root/image`` with the root's symlinks resolved, or None when the path leaves the root.
-
-    The check is lexical: ``..`` and absolute paths may not leave the root, while symlinks inside
-    it may point anywhere (a Hugging Face snapshot links each file into a blob folder beside it).
-    The training dataset and the validator both use this rule.
-    """
-    real_root = os.path.realpath(os.path.expanduser(root))
-    path = os.path.normpath(os.path.join(real_root, image))
-    return path if os.path.commonpath([real_root, path]) == real_root else None
-
-
-def caption_records(
-    items: Sequence[tuple],
-    *,
-    split: Optional[str],
-    image_dir: Optional[str],
-    instruction: Optional[str] = None,
-    sample_instructions: Optional[bool] = None,
-    seed: int = 0,
-) -> list:
-    """Builds caption / "text" records (one paragraph per image).
+def caption_records(items: Sequence[tuple], *, path: str, split: Optional[str], options: ConvertOptions) -> list:
+    """Builds caption / "text" records (one paragraph per image) and checks each.
 
     Args:
-        items (Sequence[tuple]): ``(image, caption, extra_fields)`` triples.
+        items (Sequence[tuple]): ``(index, image, caption, extra_fields)``; ``index`` is the row in
+            ``path``, for messages.
+        path (str): the source file, for messages.
         split (Optional[str]): split label written to each record.
-        image_dir (Optional[str]): image root.
-        instruction (Optional[str]): a fixed instruction for every record.
-        sample_instructions (Optional[bool]): sample instructions (seeded); ``None`` samples for
-            the train split only and uses the first instruction otherwise.
-        seed (int): instruction sampling seed.
+        options (ConvertOptions): image root (``image_dir``) and instructions: a fixed
+            ``instruction``, else sampled with ``seed`` (``sample_instructions``; ``None`` samples
+            for the train split only and uses the first instruction otherwise).
 
     Returns:
         list: ShareGPT records.
     """
-    if instruction is not None:
-        prompts = [instruction] * len(items)
+    if options.instruction is not None:
+        prompts = [options.instruction] * len(items)
     else:
-        sample = (split == "train") if sample_instructions is None else sample_instructions
-        prompts = caption_instructions(len(items), sample=sample, seed=seed)
+        sample = (split == "train") if options.sample_instructions is None else options.sample_instructions
+        prompts = caption_instructions(len(items), sample=sample, seed=options.seed)
     return [
-        make_record(prompt, caption, image=image, image_dir=image_dir, split=split, **extra)
-        for prompt, (image, caption, extra) in zip(prompts, items)
+        check_converted_record(
+            make_record(prompt, caption, image=image, image_dir=options.image_dir, split=split, **extra),
+            path, index, options,
+        )
+        for prompt, (index, image, caption, extra) in zip(prompts, items)
     ]
 
 
 def normalize_answer_type(record: dict, path: str, index: int) -> str:
-    """``answer_type`` stripped and upper-cased (VQA-RAD has ``"CLOSED "``); OPEN or CLOSED."""
-    answer_type = get_text(record, "answer_type", path, index).upper()
-    if answer_type not in ("OPEN", "CLOSED"):
+    """``answer_type`` by :func:`medcap.data.schema.normalize_answer_type` (VQA-RAD has ``"CLOSED "``).
+
+    Raises:
+        DatasetFormatError: the field is missing, empty, or not one of ``ANSWER_TYPES``.
+    """
+    value = get_text(record, "answer_type", path, index)
+    answer_type = _normalize_answer_type(value)
+    if answer_type is None:
         raise DatasetFormatError(
-            f"must be OPEN or CLOSED, got {answer_type!r}", file=path, record=index, field="answer_type"
+            f"must be {' or '.join(ANSWER_TYPES)}, got {value.upper()!r}", file=path, record=index, field="answer_type"
         )
     return answer_type
 
 
 def text_file_records(
-    root: str,
-    text_files: Mapping[str, str],
-    splits: Sequence[str],
-    *,
-    image_field: str,
-    dataset: str,
-    image_dir: Optional[str],
-    instruction: Optional[str],
-    sample_instructions: Optional[bool],
-    seed: int,
-    empty_answers: str,
+    root: str, text_files: Mapping[str, str], splits: Sequence[str], *, image_field: str, dataset: str,
+    options: ConvertOptions,
 ) -> list:
     """Caption records from medcap's "text" files (one paragraph per image, e.g. SLAKE-text).
 
@@ -371,11 +336,7 @@ def text_file_records(
         splits (Sequence[str]): splits to convert.
         image_field (str): the field naming the image (``img_name``, ``image_name``).
         dataset (str): name written to each record and used in its ``id``.
-        image_dir (Optional[str]): image root.
-        instruction (Optional[str]): a fixed instruction for every record.
-        sample_instructions (Optional[bool]): see :func:`caption_records`.
-        seed (int): instruction sampling seed.
-        empty_answers (str): ``skip``, ``keep`` or ``error`` for empty paragraphs.
+        options (ConvertOptions): image root, instructions, empty-paragraph policy.
 
     Returns:
         list: ShareGPT records.
@@ -386,11 +347,10 @@ def text_file_records(
         items = []
         for index, row in enumerate(read_json_list(path)):
             require_dict(row, path, index)
-            text = get_response(row, "text", path, index, empty_answers)
+            text = get_response(row, "text", path, index, options)
             if text is None:
                 continue
             extra = {"lang": "en", "id": f"{dataset}-text-{split}-{index}", "dataset": dataset}
-            items.append((get_text(row, image_field, path, index), text, extra))
-        records += caption_records(items, split=split, image_dir=image_dir, instruction=instruction,
-                                   sample_instructions=sample_instructions, seed=seed)
+            items.append((index, get_text(row, image_field, path, index), text, extra))
+        records += caption_records(items, path=path, split=split, options=options)
     return records

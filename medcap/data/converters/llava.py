@@ -8,18 +8,15 @@ LLaVA moves the marker to the start of the prompt whatever its place, and ignore
 import copy
 from typing import Any, Optional
 
-from medcap.data.converters.common import (
-    check_sharegpt_record,
-    DatasetFormatError,
-    GPT,
-    HUMAN,
-    HUMAN_ROLES,
-    IMAGE_MARKER,
-    read_json_list,
-    require_dict,
-)
+from medcap.data.converters.common import check_sharegpt_record, DatasetFormatError, read_json_list, require_dict
+from medcap.data.schema import GPT, HUMAN, IMAGE_MARKER, ROLES
 
 LEADING_MARKERS = (IMAGE_MARKER + "\n", IMAGE_MARKER)
+
+
+def is_human_turn(turn: Any) -> bool:
+    """A turn object whose speaker is a human one (``human`` / ``user``) by :data:`medcap.data.schema.ROLES`."""
+    return isinstance(turn, dict) and isinstance(turn.get("from"), str) and ROLES.get(turn["from"]) == "user"
 
 
 def add_leading_marker(record: dict) -> dict:
@@ -29,14 +26,14 @@ def add_leading_marker(record: dict) -> dict:
     conversations = record["conversations"]
     has_marker = any(IMAGE_MARKER in turn["value"] for turn in conversations)
     if record.get("image") and not has_marker:
-        first_human = next(turn for turn in conversations if turn["from"] in HUMAN_ROLES)
+        first_human = next(turn for turn in conversations if is_human_turn(turn))
         first_human["value"] = IMAGE_MARKER + "\n" + first_human["value"]
     return record
 
 
 def strip_leading_marker(record: dict) -> dict:
     """Removes a ``<image>`` marker that opens the first human turn (the default place)."""
-    turns = [turn for turn in record["conversations"] if isinstance(turn, dict) and turn.get("from") in HUMAN_ROLES]
+    turns = [turn for turn in record["conversations"] if is_human_turn(turn)]
     if turns and isinstance(turns[0].get("value"), str):
         for marker in LEADING_MARKERS:
             if turns[0]["value"].startswith(marker):

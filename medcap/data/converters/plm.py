@@ -8,16 +8,14 @@ relative to the dataset's root folder in PLM's config.
 import copy
 from typing import Optional
 
-from medcap.data.converters.common import (
-    DatasetFormatError,
-    GPT,
-    HUMAN,
-    read_jsonl,
-)
+from medcap.data.converters.common import DatasetFormatError, read_jsonl
 from medcap.data.converters.llava import finish_foreign_record, foreign_conversation_record
+from medcap.data.schema import GPT, HUMAN, ROLES, SYSTEM
 
+# ShareGPT speaker -> PLM speaker (a system turn is kept as it is)
 PLM_ROLES = {HUMAN: "human", "user": "human", GPT: "assistant", "assistant": "assistant"}
-SHAREGPT_ROLES = {"human": HUMAN, "user": HUMAN, "assistant": GPT, "gpt": GPT, "system": "system"}
+# PLM speaker -> ShareGPT speaker, for every speaker medcap.data.schema accepts
+SHAREGPT_ROLES = {speaker: {"user": HUMAN, "assistant": GPT, "system": SYSTEM}[role] for speaker, role in ROLES.items()}
 
 
 def to_plm(records: list) -> list:

@@ -7,9 +7,17 @@ Layout of ``root``::
 """
 
 import os
-from typing import Optional, Sequence
+from dataclasses import replace
+from typing import Sequence
 
-from medcap.data.converters.common import caption_records, get_response, get_text, read_jsonl, require_dict
+from medcap.data.converters.common import (
+    caption_records,
+    ConvertOptions,
+    get_response,
+    get_text,
+    read_jsonl,
+    require_dict,
+)
 
 SPLITS = ("train", "val", "test")
 SOURCE_FILES = {"train": "train.jsonl", "val": "valid.jsonl", "test": "test.jsonl"}
@@ -20,27 +28,21 @@ def convert_pmcoa(
     root: str,
     splits: Sequence[str] = SPLITS,
     *,
-    image_dir: Optional[str] = None,
-    instruction: Optional[str] = None,
-    sample_instructions: Optional[bool] = None,
-    seed: int = 0,
-    empty_answers: str = "skip",
+    options: ConvertOptions = ConvertOptions(),
 ) -> list:
     """Converts PMC-OA to caption records.
 
     Args:
         root (str): the release folder.
         splits (Sequence[str]): among ``train``, ``val`` (``valid.jsonl``), ``test``.
-        image_dir (Optional[str]): image root; default ``root/caption_T060_filtered_top4_sep_v0_subfigures``.
-        instruction (Optional[str]): a fixed instruction for every record.
-        sample_instructions (Optional[bool]): see :func:`caption_records`.
-        seed (int): instruction sampling seed.
-        empty_answers (str): empty captions: ``skip`` (with a warning), ``keep`` or ``error``.
+        options (ConvertOptions): image root (default
+            ``root/caption_T060_filtered_top4_sep_v0_subfigures``), instructions, the
+            empty-caption policy.
 
     Returns:
         list: records in split order.
     """
-    image_dir = os.path.abspath(image_dir or os.path.join(root, IMAGE_FOLDER))
+    options = replace(options, image_dir=os.path.abspath(options.image_dir or os.path.join(root, IMAGE_FOLDER)))
     records = []
     for split in splits:
         if split not in SPLITS:
@@ -50,15 +52,8 @@ def convert_pmcoa(
         for index, row in enumerate(read_jsonl(path)):
             require_dict(row, path, index)
             image = get_text(row, "image", path, index)
-            caption = get_response(row, "caption", path, index, empty_answers)
+            caption = get_response(row, "caption", path, index, options)
             if caption is not None:
-                items.append((image, caption, {"id": image, "dataset": "pmcoa"}))
-        records += caption_records(
-            items,
-            split=split,
-            image_dir=image_dir,
-            instruction=instruction,
-            sample_instructions=sample_instructions,
-            seed=seed,
-        )
+                items.append((index, image, caption, {"id": image, "dataset": "pmcoa"}))
+        records += caption_records(items, path=path, split=split, options=options)
     return records

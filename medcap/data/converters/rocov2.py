@@ -7,9 +7,10 @@ Layout of ``root``::
 """
 
 import os
-from typing import Optional, Sequence
+from dataclasses import replace
+from typing import Sequence
 
-from medcap.data.converters.common import caption_records, get_response, get_text
+from medcap.data.converters.common import caption_records, ConvertOptions, get_response, get_text
 from medcap.data.converters.table import read_csv_rows
 
 SPLITS = ("train", "val", "test")
@@ -20,28 +21,20 @@ def convert_rocov2(
     root: str,
     splits: Sequence[str] = SPLITS,
     *,
-    image_dir: Optional[str] = None,
-    instruction: Optional[str] = None,
-    sample_instructions: Optional[bool] = None,
-    seed: int = 0,
-    empty_answers: str = "skip",
+    options: ConvertOptions = ConvertOptions(),
 ) -> list:
     """Converts ROCOv2 to caption records.
 
     Args:
         root (str): the release folder.
         splits (Sequence[str]): among ``train``, ``val`` (``valid``), ``test``.
-        image_dir (Optional[str]): folder holding ``train/``, ``valid/``, ``test/``;
-            default ``root/images``.
-        instruction (Optional[str]): a fixed instruction for every record.
-        sample_instructions (Optional[bool]): see :func:`caption_records`.
-        seed (int): instruction sampling seed.
-        empty_answers (str): empty captions: ``skip`` (with a warning), ``keep`` or ``error``.
+        options (ConvertOptions): ``image_dir`` is the folder holding ``train/``, ``valid/``,
+            ``test/`` (default ``root/images``); instructions; the empty-caption policy.
 
     Returns:
         list: records in split order; ``image`` is ``{ID}.jpg`` under ``images/{split}``.
     """
-    images_root = os.path.abspath(image_dir or os.path.join(root, "images"))
+    images_root = os.path.abspath(options.image_dir or os.path.join(root, "images"))
     records = []
     for split in splits:
         if split not in SPLITS:
@@ -50,15 +43,9 @@ def convert_rocov2(
         items = []
         for index, row in enumerate(read_csv_rows(path, ("ID", "Caption"))):
             image_id = get_text(row, "ID", path, index)
-            caption = get_response(row, "Caption", path, index, empty_answers)
+            caption = get_response(row, "Caption", path, index, options)
             if caption is not None:
-                items.append((f"{image_id}.jpg", caption, {"id": image_id, "dataset": "rocov2"}))
-        records += caption_records(
-            items,
-            split=split,
-            image_dir=os.path.join(images_root, SOURCE_SPLIT[split]),
-            instruction=instruction,
-            sample_instructions=sample_instructions,
-            seed=seed,
-        )
+                items.append((index, f"{image_id}.jpg", caption, {"id": image_id, "dataset": "rocov2"}))
+        split_options = replace(options, image_dir=os.path.join(images_root, SOURCE_SPLIT[split]))
+        records += caption_records(items, path=path, split=split, options=split_options)
     return records

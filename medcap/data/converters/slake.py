@@ -9,10 +9,12 @@ Layout of ``root``::
 """
 
 import os
-from typing import Optional, Sequence
+from dataclasses import replace
+from typing import Sequence
 
 from medcap.data.converters.common import (
-    text_file_records,
+    check_converted_record,
+    ConvertOptions,
     DatasetFormatError,
     get_optional_text,
     get_response,
@@ -21,6 +23,7 @@ from medcap.data.converters.common import (
     normalize_answer_type,
     read_json_list,
     require_dict,
+    text_file_records,
 )
 
 QA_FILES = {"train": "train.json", "val": "validate.json", "test": "test.json"}
@@ -35,11 +38,7 @@ def convert_slake(
     *,
     lang: str = "en",
     kind: str = "vqa",
-    image_dir: Optional[str] = None,
-    instruction: Optional[str] = None,
-    sample_instructions: Optional[bool] = None,
-    seed: int = 0,
-    empty_answers: str = "skip",
+    options: ConvertOptions = ConvertOptions(),
 ) -> list:
     """Converts SLAKE to ShareGPT records.
 
@@ -48,12 +47,9 @@ def convert_slake(
         splits (Sequence[str]): among ``train``, ``val`` (``validate.json``), ``test``.
         lang (str): ``en``, ``zh`` or ``both`` (``vqa`` kind only).
         kind (str): ``vqa`` (question -> answer) or ``text`` (one paragraph per image).
-        image_dir (Optional[str]): image root; default ``root/imgs``.
-        instruction (Optional[str]): fixed instruction for ``text`` records.
-        sample_instructions (Optional[bool]): see :func:`caption_records`.
-        seed (int): instruction sampling seed.
-        empty_answers (str): ``skip`` (with a warning), ``keep`` or ``error``. One official
-            English train row (index 1622) has an empty answer.
+        options (ConvertOptions): image root (default ``root/imgs``), the instruction of
+            ``text`` records, the empty-answer policy (one official English train row, index
+            1622, has an empty answer).
 
     Returns:
         list: records in split order, each with ``split`` and ``lang``.
@@ -62,16 +58,14 @@ def convert_slake(
         DatasetFormatError: a malformed file / record / field.
         ValueError: an unknown split, language or kind.
     """
-    image_dir = os.path.abspath(image_dir or os.path.join(root, "imgs"))
+    options = replace(options, image_dir=os.path.abspath(options.image_dir or os.path.join(root, "imgs")))
     for split in splits:
         if split not in SPLITS:
             raise ValueError(f"slake: split {split!r} not available; choose from {', '.join(SPLITS)}")
     if lang not in LANGS:
         raise ValueError(f"slake: lang must be one of {', '.join(LANGS)}, got {lang!r}")
     if kind == "text":
-        return text_file_records(root, TEXT_FILES, splits, image_field="img_name", dataset="slake", image_dir=image_dir,
-                                 instruction=instruction, sample_instructions=sample_instructions, seed=seed,
-                                 empty_answers=empty_answers)
+        return text_file_records(root, TEXT_FILES, splits, image_field="img_name", dataset="slake", options=options)
     if kind != "vqa":
         raise ValueError(f"slake: kind must be 'vqa' or 'text', got {kind!r}")
     records = []
@@ -87,25 +81,24 @@ def convert_slake(
             if row_lang not in LANGS[lang]:
                 continue
             qid = get_text(row, "qid", path, index)
-            answer = get_response(row, "answer", path, index, empty_answers)
+            answer = get_response(row, "answer", path, index, options)
             if answer is None:
                 continue
-            records.append(
-                make_record(
-                    get_text(row, "question", path, index),
-                    answer,
-                    image=get_text(row, "img_name", path, index),
-                    image_dir=image_dir,
-                    answer_type=normalize_answer_type(row, path, index),
-                    content_type=get_optional_text(row, "content_type", path, index),
-                    modality=get_optional_text(row, "modality", path, index),
-                    location=get_optional_text(row, "location", path, index),
-                    base_type=get_optional_text(row, "base_type", path, index),
-                    lang=row_lang,
-                    id=f"slake-{qid}",
-                    split=split,
-                    dataset="slake",
-                )
+            record = make_record(
+                get_text(row, "question", path, index),
+                answer,
+                image=get_text(row, "img_name", path, index),
+                image_dir=options.image_dir,
+                answer_type=normalize_answer_type(row, path, index),
+                content_type=get_optional_text(row, "content_type", path, index),
+                modality=get_optional_text(row, "modality", path, index),
+                location=get_optional_text(row, "location", path, index),
+                base_type=get_optional_text(row, "base_type", path, index),
+                lang=row_lang,
+                id=f"slake-{qid}",
+                split=split,
+                dataset="slake",
             )
+            records.append(check_converted_record(record, path, index, options))
     return records
 

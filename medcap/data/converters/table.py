@@ -1,16 +1,19 @@
 """Tables (CSV files, Hugging Face ``datasets`` saved to disk) -> ShareGPT records.
 
 Any table with image / question / answer columns (VQA) or image / caption columns (captions);
-the column names are arguments.
+the column names are a :class:`TableColumns`.
 """
 
 import os
-from typing import Iterable, Optional, Sequence
+from dataclasses import dataclass, replace
+from typing import Iterable, Optional, Sequence, Tuple
 
 import pandas as pd
 
 from medcap.data.converters.common import (
     caption_records,
+    check_converted_record,
+    ConvertOptions,
     DatasetFormatError,
     get_optional_text,
     get_response,
@@ -20,6 +23,33 @@ from medcap.data.converters.common import (
 
 # names a saved DatasetDict may use for medcap's splits
 HF_SPLIT_NAMES = {"train": "train", "validation": "val", "valid": "val", "val": "val", "test": "test"}
+
+
+@dataclass(frozen=True)
+class TableColumns:
+    """Which columns of a table hold what.
+
+    Attributes:
+        image (str): image paths (relative to the options' ``image_dir``).
+        question (Optional[str]): questions (VQA records).
+        answer (Optional[str]): answers (VQA records).
+        caption (Optional[str]): captions; when set, caption records (instruction -> caption).
+        keep (Tuple[str, ...]): extra columns copied to each record (e.g. ``answer_type``).
+
+    Raises:
+        ValueError: neither a caption column nor both a question and an answer column.
+    """
+
+    image: str = "image"
+    question: Optional[str] = "question"
+    answer: Optional[str] = "answer"
+    caption: Optional[str] = None
+    keep: Tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.caption is None and (self.question is None or self.answer is None):
+            raise ValueError("give question and answer columns (VQA) or a caption column (captions)")
+        object.__setattr__(self, "keep", tuple(self.keep))
 
 
 def read_csv_rows(path: str, required_columns: Iterable[str]) -> list:
@@ -63,81 +93,57 @@ def convert_rows(
     path: str,
     *,
     split: Optional[str],
-    image_dir: Optional[str] = None,
-    image_column: str = "image",
-    question_column: Optional[str] = "question",
-    answer_column: Optional[str] = "answer",
-    caption_column: Optional[str] = None,
-    keep_columns: Sequence[str] = (),
-    instruction: Optional[str] = None,
-    sample_instructions: Optional[bool] = None,
-    seed: int = 0,
-    empty_answers: str = "skip",
+    columns: TableColumns = TableColumns(),
+    options: ConvertOptions = ConvertOptions(),
     row_numbers: Optional[Sequence[int]] = None,
 ) -> list:
-    """Converts table rows to VQA records, or to caption records when ``caption_column`` is set.
+    """Converts table rows to VQA records, or to caption records when ``columns.caption`` is set.
 
     Args:
         rows (Sequence[dict]): the table, one dict per row.
         path (str): where the rows came from, for error messages.
         split (Optional[str]): split label of these rows.
-        image_dir (Optional[str]): image root written to ``meta``.
-        image_column (str): column of image paths (relative to ``image_dir``).
-        question_column (Optional[str]): question column (VQA).
-        answer_column (Optional[str]): answer column (VQA).
-        caption_column (Optional[str]): caption column; switches to caption records.
-        keep_columns (Sequence[str]): extra columns copied to each record (e.g. ``answer_type``).
-        instruction (Optional[str]): fixed caption instruction.
-        sample_instructions (Optional[bool]): see :func:`caption_records`.
-        seed (int): instruction sampling seed.
-        empty_answers (str): empty answers / captions: ``skip`` (with a warning), ``keep`` or ``error``.
+        columns (TableColumns): which columns hold the image, question, answer or caption.
+        options (ConvertOptions): image root written to ``meta``, caption instructions, the
+            empty-answer policy.
         row_numbers (Optional[Sequence[int]]): record index of each row in its file, for error
             messages; default ``0, 1, ...``.
 
     Returns:
         list: ShareGPT records.
     """
-    if caption_column is None and (question_column is None or answer_column is None):
-        raise ValueError("give question_column and answer_column (VQA) or caption_column (captions)")
-    image_dir = os.path.abspath(image_dir) if image_dir else None
+    options = replace(options, image_dir=os.path.abspath(options.image_dir) if options.image_dir else None)
     records, items = [], []
     for index, row in zip(row_numbers or range(len(rows)), rows):
         if not isinstance(row, dict):
             raise DatasetFormatError(f"row must be a mapping, got {type(row).__name__}", file=path, record=index)
-        image = _image_path(row, image_column, path, index)
-        extra = {column: get_optional_text(row, column, path, index) for column in keep_columns}
+        image = _image_path(row, columns.image, path, index)
+        extra = {column: get_optional_text(row, column, path, index) for column in columns.keep}
         if split is not None:
             extra["split"] = split
-        response = get_response(row, caption_column or answer_column, path, index, empty_answers)
+        response = get_response(row, columns.caption or columns.answer, path, index, options)
         if response is None:
             continue
-        if caption_column is not None:
+        if columns.caption is not None:
             extra.pop("split", None)
-            items.append((image, response, extra))
+            items.append((index, image, response, extra))
             continue
-        records.append(
-            make_record(
-                get_text(row, question_column, path, index),
-                response,
-                image=image,
-                image_dir=image_dir,
-                **extra,
-            )
+        record = make_record(
+            get_text(row, columns.question, path, index), response, image=image, image_dir=options.image_dir, **extra
         )
-    if caption_column is not None:
-        return caption_records(
-            items,
-            split=split,
-            image_dir=image_dir,
-            instruction=instruction,
-            sample_instructions=sample_instructions,
-            seed=seed,
-        )
+        records.append(check_converted_record(record, path, index, options))
+    if columns.caption is not None:
+        return caption_records(items, path=path, split=split, options=options)
     return records
 
 
 def convert_csv(
-    path: str, *, split: Optional[str] = None, split_column: Optional[str] = None, **columns_and_options
+    path: str,
+    *,
+    split: Optional[str] = None,
+    split_column: Optional[str] = None,
+    columns: TableColumns = TableColumns(),
+    options: ConvertOptions = ConvertOptions(),
 ) -> list:
     """Converts a CSV table; ``split_column`` splits rows by its values (``valid`` -> ``val``).
 
@@ -145,15 +151,15 @@ def convert_csv(
         path (str): the CSV file.
         split (Optional[str]): label for every row, or with ``split_column`` the only split kept.
         split_column (Optional[str]): column naming each row's split.
-        **columns_and_options: see :func:`convert_rows`.
+        columns (TableColumns): see :func:`convert_rows`.
+        options (ConvertOptions): see :func:`convert_rows`.
 
     Returns:
         list: ShareGPT records.
     """
-    required = [columns_and_options.get("image_column", "image")]
-    rows = read_csv_rows(path, required + ([split_column] if split_column else []))
+    rows = read_csv_rows(path, [columns.image] + ([split_column] if split_column else []))
     if split_column is None:
-        return convert_rows(rows, path, split=split, **columns_and_options)
+        return convert_rows(rows, path, split=split, columns=columns, options=options)
     row_numbers_by_split = {}
     for index, row in enumerate(rows):
         name = HF_SPLIT_NAMES.get(row[split_column], row[split_column])
@@ -162,18 +168,27 @@ def convert_csv(
     for name, row_numbers in row_numbers_by_split.items():
         if split is None or name == split:
             split_rows = [rows[index] for index in row_numbers]
-            records += convert_rows(split_rows, path, split=name, row_numbers=row_numbers, **columns_and_options)
+            records += convert_rows(
+                split_rows, path, split=name, columns=columns, options=options, row_numbers=row_numbers
+            )
     return records
 
 
-def convert_hf(path: str, *, split: Optional[str] = None, **columns_and_options) -> list:
+def convert_hf(
+    path: str,
+    *,
+    split: Optional[str] = None,
+    columns: TableColumns = TableColumns(),
+    options: ConvertOptions = ConvertOptions(),
+) -> list:
     """Converts a Hugging Face dataset saved with ``save_to_disk`` (``datasets.load_from_disk``).
 
     Args:
         path (str): the saved ``Dataset`` or ``DatasetDict`` folder.
         split (Optional[str]): for a ``DatasetDict``, the only split kept (``train``, ``val``,
             ``test``; ``validation`` / ``valid`` count as ``val``); for a ``Dataset``, its label.
-        **columns_and_options: see :func:`convert_rows`.
+        columns (TableColumns): see :func:`convert_rows`.
+        options (ConvertOptions): see :func:`convert_rows`.
 
     Returns:
         list: ShareGPT records.
@@ -192,10 +207,12 @@ def convert_hf(path: str, *, split: Optional[str] = None, **columns_and_options)
         raise FileNotFoundError(f"dataset folder '{path}' does not exist")
     loaded = datasets.load_from_disk(path)
     if not isinstance(loaded, datasets.DatasetDict):
-        return convert_rows(loaded.to_list(), path, split=split, **columns_and_options)
+        return convert_rows(loaded.to_list(), path, split=split, columns=columns, options=options)
     records = []
     for source_name, dataset in loaded.items():
         name = HF_SPLIT_NAMES.get(source_name, source_name)
         if split is None or name == split:
-            records += convert_rows(dataset.to_list(), f"{path}[{source_name}]", split=name, **columns_and_options)
+            records += convert_rows(
+                dataset.to_list(), f"{path}[{source_name}]", split=name, columns=columns, options=options
+            )
     return records

