@@ -62,13 +62,57 @@ def _assert_png(path):
         assert image.format == "PNG" and image.width > 200 and image.height > 200
 
 
-def test_plot_metrics_by_epoch_png(tmp_path):
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """Every matplotlib figure the report module saves, captured as it is written."""
+    from matplotlib.figure import Figure
+
+    figures = []
+    real_savefig = Figure.savefig
+
+    def recording_savefig(self, *args, **kwargs):
+        figures.append(self)
+        return real_savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording_savefig)
+    return figures
+
+
+def _lines(figure):
+    """(label, x, y, linestyle, colour) of every line of a one-axes figure."""
+    (axes,) = figure.axes
+    return [(line.get_label(), [float(x) for x in line.get_xdata()], [float(y) for y in line.get_ydata()],
+             line.get_linestyle(), line.get_color()) for line in axes.get_lines()]
+
+
+def test_plot_metrics_by_epoch_png(tmp_path, saved_figures):
     table = write_metrics_table(ROWS, tmp_path / "m.csv", tmp_path / "m.json")
     plot_metrics_by_epoch(table, ["bleu1", "exact"], tmp_path / "metrics.png")
     _assert_png(tmp_path / "metrics.png")
-    # a table read back from the CSV (base epoch NaN) plots as well
-    plot_metrics_by_epoch(pd.read_csv(tmp_path / "m.csv"), ["exact"], tmp_path / "again.png")
+    # the plotted data is the table's: tuned values against epoch, base as a dashed line of the same colour
+    (figure,) = saved_figures
+    lines = _lines(figure)
+    assert [(label, x, y, style) for label, x, y, style, _ in lines] == [
+        ("bleu1 (tuned)", [0.0, 1.0], [15.25, 18.0], "-"),
+        ("bleu1 (base)", [0.0, 1.0], [10.5, 10.5], "--"),  # axhline: axes-fraction x, the base value as y
+        ("exact (tuned)", [0.0, 1.0], [30.0, 35.5], "-"),
+        ("exact (base)", [0.0, 1.0], [20.0, 20.0], "--"),
+    ]
+    colours = [colour for *_, colour in lines]
+    assert colours[0] == colours[1] != colours[2] == colours[3]
+    (axes,) = figure.axes
+    assert list(axes.get_xticks()) == [0, 1] and axes.get_xlabel() == "epoch"
+    assert [text.get_text() for text in axes.get_legend().get_texts()] == [line[0] for line in lines]
+
+    # a table read back from the CSV (base epoch NaN), rows out of order and a metric the base lacks
+    shuffled = pd.read_csv(tmp_path / "m.csv").iloc[[2, 0, 1]]
+    plot_metrics_by_epoch(shuffled, ["exact", "cider"], tmp_path / "again.png")
     _assert_png(tmp_path / "again.png")
+    again = _lines(saved_figures[1])
+    assert [(label, x, style) for label, x, _, style, _ in again] == [
+        ("exact (tuned)", [0.0, 1.0], "-"), ("exact (base)", [0.0, 1.0], "--"), ("cider (tuned)", [0.0, 1.0], "-")]
+    assert again[0][2] == [30.0, 35.5] and again[1][2] == [20.0, 20.0]
+    assert np.isnan(again[2][2][0]) and again[2][2][1] == 0.125  # no cider at epoch 0, and no base line for it
     with pytest.raises(ValueError, match="'meteor' is not a column"):
         plot_metrics_by_epoch(table, ["meteor"], tmp_path / "x.png")
 
@@ -79,7 +123,7 @@ def _write_disk_log(path, losses, start_step=1):
     path.write_text("".join(lines))
 
 
-def test_training_loss_from_disk_logs(tmp_path):
+def test_training_loss_from_disk_logs(tmp_path, saved_figures):
     logs = tmp_path / "logs"
     logs.mkdir()
     _write_disk_log(logs / "log_1700000000.txt", [2.5, 2.25, 2.0])
@@ -92,6 +136,13 @@ def test_training_loss_from_disk_logs(tmp_path):
     assert parsed["log_1700000900.txt"]["lr"].tolist() == [0.001, 0.001]
     plot_training_loss(logs, tmp_path / "loss.png")
     _assert_png(tmp_path / "loss.png")
+    # one line per log file: its steps against its losses
+    (figure,) = saved_figures
+    assert [(label, x, y) for label, x, y, _, _ in _lines(figure)] == [
+        ("log_1700000000.txt", [1.0, 2.0, 3.0], [2.5, 2.25, 2.0]),
+        ("log_1700000900.txt", [4.0, 5.0], [1.75, 1.5]),
+    ]
+    assert figure.axes[0].get_xlabel() == "step" and figure.axes[0].get_ylabel() == "training loss"
 
 
 def test_training_loss_errors(tmp_path):
