@@ -28,18 +28,19 @@ def main() -> int:
         return 2
 
     start = time.perf_counter()
-    from medcap.data.converters import convert_slake, write_json_atomic
+    from medcap.data.converters import ConvertOptions, convert_slake
+    from medcap.utils.atomic import atomic_write_json
     from medcap.data.validation import format_report, validate_files
 
     import_seconds = time.perf_counter() - start
 
     with tempfile.TemporaryDirectory() as output_dir:
         start = time.perf_counter()
-        records = convert_slake(args.data, ["train", "val", "test"], lang="both", empty_answers="keep")
+        records = convert_slake(args.data, ["train", "val", "test"], lang="both", options=ConvertOptions(empty_answers="keep"))
         paths = []
         for split in ("train", "val", "test"):
             paths.append(os.path.join(output_dir, f"slake_{split}.json"))
-            write_json_atomic(paths[-1], [record for record in records if record["split"] == split])
+            atomic_write_json(paths[-1], [record for record in records if record["split"] == split])
         convert_seconds = time.perf_counter() - start
 
         start = time.perf_counter()

@@ -53,9 +53,9 @@ def parse_args() -> argparse.Namespace:
 def read_questions(root: Path, limit: Optional[int] = None) -> List[Tuple[str, Path]]:
     """The official VQA-RAD test questions (phrase_type test_freeform + test_para) and their images."""
     from medcap.data import parse_record
-    from medcap.data.converters import convert_vqarad
+    from medcap.data.converters import ConvertOptions, convert_vqarad
 
-    records = convert_vqarad(str(root), ["test"], empty_answers="keep")[:limit]
+    records = convert_vqarad(str(root), ["test"], options=ConvertOptions(empty_answers="keep"))[:limit]
     questions = []
     for index, record in enumerate(records):
         parsed = parse_record(record, root / "VQA_RAD Dataset Public.json", index)

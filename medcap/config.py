@@ -38,8 +38,8 @@ def instantiate(node: DictConfig, *args: Any, **kwargs: Any) -> Any:
     Returns:
         Any: the built object, or None for a None node.
     """
-    if node is None:
-        return None
+    if node is None or (isinstance(node, DictConfig) and "_component_" in node and node._component_ is None):
+        return None  # `tune run ... lr_scheduler=null` sets the node's _component_ to null: switched off
     nested = {key: _build(value) for key, value in node.items() if key != "_component_" and isinstance(value, (DictConfig, ListConfig))}
     plain = OmegaConf.create({key: value for key, value in node.items() if key not in nested})
     return tune_config.instantiate(plain, *args, **nested, **kwargs)

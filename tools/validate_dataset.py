@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from medcap.data.converters.common import write_json_atomic  # noqa: E402
+from medcap.utils.atomic import atomic_write_json  # noqa: E402
 from medcap.data.validation import format_report, validate_files  # noqa: E402
 
 
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     else:
         print(format_report(report, max_issues=args.max_issues))
         if args.json:
-            write_json_atomic(args.json, report.to_dict())
+            atomic_write_json(args.json, report.to_dict())
     return 0 if report.passed(strict=args.strict) else 1
 
 

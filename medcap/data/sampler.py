@@ -48,8 +48,11 @@ class LengthGroupedSampler(Sampler[int]):
         for start in range(0, len(order), mega):
             chunk = sorted(order[start: start + mega], key=lambda i: self.lengths[i], reverse=True)
             batches += [chunk[i: i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        batch_order = torch.randperm(len(batches), generator=generator).tolist() if self.shuffle else range(len(batches))
-        for batch_index in batch_order:
+        # a short batch (only the last one can be) stays last: in the middle it would shift every later
+        # loader batch across two length groups
+        full = len(batches) - (len(batches[-1]) < self.batch_size if batches else 0)
+        batch_order = torch.randperm(full, generator=generator).tolist() if self.shuffle else list(range(full))
+        for batch_index in batch_order + list(range(full, len(batches))):
             yield from batches[batch_index]
 
     def __len__(self) -> int:

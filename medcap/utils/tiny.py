@@ -21,7 +21,7 @@ from open_clip.model import _build_vision_tower
 from safetensors.torch import save_file
 from torchtune.models.llama3 import llama3
 
-from medcap.checkpoint.io import atomic_write
+from medcap.utils.atomic import atomic_write
 
 TINY_SPECIAL_TOKENS = [
     "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",

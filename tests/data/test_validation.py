@@ -11,7 +11,8 @@ from hypothesis import given, HealthCheck, settings, strategies as st
 from PIL import Image
 
 from helpers import REPO_ROOT, require_dataset
-from medcap.data.converters import convert_slake, convert_vqarad, write_json_atomic
+from medcap.data.converters import convert_slake, convert_vqarad
+from medcap.utils.atomic import atomic_write_json as write_json_atomic
 from medcap.data.validation import format_report, validate_files
 
 

@@ -494,7 +494,7 @@ SMOLLM2_ROWS = [
 def test_smollm2_runs_both_modes(tmp_path_factory, tmp_path, capsys, monkeypatch):
     """A real small model end to end. It is too small to follow the protocol (measured in
     docs/judge_report.md), so verdicts are asserted with the oracle above, not here."""
-    from medcap.models.gguf_import import convert_gguf, find_smollm2_gguf
+    from medcap.convert.gguf import convert_gguf, find_smollm2_gguf
 
     # $MEDCAP_SMOLLM2_DIR (converted once, ~30 s, then reused) or the session's conversion
     checkpoint = Path(os.environ.get("MEDCAP_SMOLLM2_DIR", tmp_path_factory.getbasetemp() / "smollm2_converted"))

@@ -382,7 +382,7 @@ def test_length_grouped_sampler_honours_shuffle():
     from medcap.data import LengthGroupedSampler, build_sampler
 
     generator = torch.Generator().manual_seed(0)
-    n = 148  # several mega-batches of 64, a multiple of the batch size (see the xfail test below otherwise)
+    n = 148  # several mega-batches of 64, a multiple of the batch size (see the test below otherwise)
     dataset = SimpleNamespace(lengths=torch.randint(5, 80, (n,), generator=generator).tolist())
     fixed = {seed: build_sampler(dataset, 4, shuffle=False, group_by_length=True, seed=seed) for seed in (0, 1)}
     assert isinstance(fixed[0], LengthGroupedSampler)
@@ -405,9 +405,6 @@ def test_length_grouped_sampler_honours_shuffle():
     assert _padding(first, dataset.lengths) < _padding(random_order, dataset.lengths) / 3
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "medcap/data/sampler.py: LengthGroupedSampler(shuffle=True) shuffles the short last batch (len % batch_size) "
-    "into the middle of the epoch, so every DataLoader batch after it straddles two length groups"))
 def test_length_grouped_batches_stay_grouped_when_the_size_is_not_a_multiple_of_the_batch():
     from medcap.data import build_sampler
 
@@ -428,3 +425,10 @@ def test_recipe_passes_shuffle_false_to_the_length_grouped_sampler(train_module,
     assert epoch_0 == epoch_1 and sorted(epoch_0) == list(range(8))
     shuffled = _setup(train_module, tiny_assets, tmp_path / "shuffled", "shuffle=True", "group_by_length=True")
     assert _orders(shuffled._sampler)[0] != _orders(shuffled._sampler)[1]
+
+
+def test_lr_scheduler_null_on_the_command_line_switches_it_off(train_module, tiny_assets, tmp_path):
+    """`tune run ... lr_scheduler=null` reaches the recipe as `lr_scheduler._component_: null`."""
+    recipe = _setup(train_module, tiny_assets, tmp_path, "lr_scheduler._component_=null")
+    assert recipe._lr_scheduler is None
+    assert recipe._optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)  # the configured rate, no warm-up

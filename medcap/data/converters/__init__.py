@@ -12,8 +12,6 @@ from medcap.data.converters.common import (
     make_record,
     read_records,
     schema_problems,
-    write_json_atomic,
-    write_jsonl_atomic,
 )
 from medcap.data.converters.instructions import CAPTION_INSTRUCTIONS, caption_instructions
 from medcap.data.converters.llava import from_llava, to_llava
@@ -69,6 +67,4 @@ __all__ = [
     "TableColumns",
     "to_llava",
     "to_plm",
-    "write_json_atomic",
-    "write_jsonl_atomic",
 ]

@@ -11,10 +11,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from medcap.data.converters.instructions import caption_instructions
-from medcap.data.schema import ANSWER_TYPES, check_record, GPT, HUMAN, ROLES
-from medcap.data.schema import image_root, resolve_image_path  # noqa: F401  (transition names, see below)
+from medcap.data.schema import ANSWER_TYPES, check_record, GPT, HUMAN
 from medcap.data.schema import normalize_answer_type as _normalize_answer_type
-from medcap.utils.atomic import atomic_write_json, atomic_write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +23,6 @@ EMPTY_RESPONSE_POLICIES = ("skip", "keep", "error")
 # Splits as named in medcap's ShareGPT files, in output order.
 SPLITS = ("train", "val", "test")
 
-# Transition names for code that still imports them from here (image_root, resolve_image_path and
-# these; validation, tools/validate_dataset.py, bench/): the rules live in medcap.data.schema, the
-# writers in medcap.utils.atomic.
-HUMAN_ROLES = tuple(speaker for speaker, role in ROLES.items() if role == "user")  # ("human", "user")
-GPT_ROLES = tuple(speaker for speaker, role in ROLES.items() if role == "assistant")  # ("gpt", "assistant")
-write_json_atomic, write_jsonl_atomic = atomic_write_json, atomic_write_jsonl
 
 
 @dataclass(frozen=True)
