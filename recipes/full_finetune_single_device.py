@@ -154,7 +154,7 @@ class FullFinetuneRecipeSingleDevice:
             self._optimizer = medcap_config.instantiate(cfg_optimizer, self._trainable_params)
 
     def _setup_lr_scheduler(self, cfg_lr_scheduler: Optional[DictConfig], num_training_steps: int):
-        if cfg_lr_scheduler is None:
+        if cfg_lr_scheduler is None or cfg_lr_scheduler.get("_component_") is None:  # null, or `lr_scheduler=null` on the CLI
             return None
         optimizer = next(iter(self._optim_wrapper.optim_map.values())) if self._optimizer_in_bwd else self._optimizer
         scheduler = medcap_config.instantiate(cfg_lr_scheduler, optimizer, num_training_steps=num_training_steps)
