@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)
 export OMP_NUM_THREADS ?= $(shell nproc)
 
-.PHONY: install demo demo-assets demo-train demo-eval test test-slow tiny-assets tiny-train clean
+.PHONY: install demo demo-assets demo-train demo-eval slake-cpu test test-slow tiny-assets tiny-train clean
 
 LLM_DIR := assets/smollm2-135m-instruct
 DEMO_DATA := data/synthetic_vqa
@@ -49,6 +49,23 @@ demo-eval:
 
 demo: demo-train
 	$(MAKE) demo-eval
+
+# real data on CPU: SLAKE English (../shared/data/slake or $MEDCAP_DATA/slake), train + evaluate + blank-image ablation
+SHARED_DATA ?= $(if $(MEDCAP_DATA),$(MEDCAP_DATA),../shared/data)
+SLAKE_DATA := data/slake
+SLAKE_RUN := outputs/smollm2_slake
+slake-cpu: $(STAMP)
+	$(PY) tools/import_gguf.py --smollm2 --output $(LLM_DIR)
+	$(PY) tools/convert_to_sharegpt.py --dataset slake --input $(SHARED_DATA)/slake --output '$(SLAKE_DATA)/slake_{split}.json'
+	rm -rf $(SLAKE_RUN)
+	$(TUNE) run recipes/full_finetune_single_device.py --config recipes/configs/medcap/smollm2_135M_slake_cpu.yaml \
+		llm_dir=$(LLM_DIR) data_dir=$(SLAKE_DATA) output_dir=$(SLAKE_RUN)
+	$(TUNE) run recipes/generate.py --config recipes/configs/medcap/generate_smollm2_slake_cpu.yaml \
+		run_dir=$(SLAKE_RUN) data_dir=$(SLAKE_DATA) checkpoints=last
+	$(TUNE) run recipes/generate.py --config recipes/configs/medcap/generate_smollm2_slake_cpu.yaml \
+		run_dir=$(SLAKE_RUN) data_dir=$(SLAKE_DATA) checkpoints=last blank_images=True output_dir=$(SLAKE_RUN)/eval_blank
+	$(PY) tools/demo_summary.py --run-dir $(SLAKE_RUN) --train-json $(SLAKE_DATA)/slake_train.json \
+		--test-json $(SLAKE_DATA)/slake_test.json --extra-eval "blank images=$(SLAKE_RUN)/eval_blank"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

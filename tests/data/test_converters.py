@@ -80,7 +80,8 @@ def test_slake_english_counts_and_fields(caplog):
     assert collections.Counter(r["split"] for r in records) == {"train": 4919, "val": 1053, "test": 1061}
     test = [r for r in records if r["split"] == "test"]
     assert collections.Counter(r["answer_type"] for r in test) == {"OPEN": 645, "CLOSED": 416}
-    assert {"answer_type", "content_type", "modality", "location", "lang", "id"} <= set(test[0])
+    assert {"answer_type", "content_type", "question_type", "modality", "location", "lang", "id"} <= set(test[0])
+    assert all(r["question_type"] == r["content_type"] for r in records)  # breakdowns as for VQA-RAD
     assert test[0]["lang"] == "en" and test[0]["meta"] == f"dir={Path(os.path.abspath(root)) / 'imgs'}"
     assert all((root / "imgs" / r["image"]).is_file() for r in test[:50])
     # one official English train row has an empty answer: skipped by default, with a warning

@@ -91,6 +91,7 @@ def convert_slake(
                 image_dir=options.image_dir,
                 answer_type=normalize_answer_type(row, path, index),
                 content_type=get_optional_text(row, "content_type", path, index),
+                question_type=get_optional_text(row, "content_type", path, index),  # breakdowns as for VQA-RAD
                 modality=get_optional_text(row, "modality", path, index),
                 location=get_optional_text(row, "location", path, index),
                 base_type=get_optional_text(row, "base_type", path, index),
