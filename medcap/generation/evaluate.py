@@ -1,11 +1,14 @@
-"""Score a predictions table: VQA rows with the VQA protocols, caption rows with captioning metrics."""
+"""Score a predictions table: VQA rows with the VQA protocols, caption rows with captioning metrics;
+bootstrap intervals of the VQA scores and of ``well_formed``."""
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pandas as pd
 
-from medcap.data.schema import ANSWER_TYPES, first_answer, normalize_answer_type
-from medcap.metrics import caption_metrics, normalize_answer, vqa_scores
+from medcap.data.schema import ANSWER_TYPES
+from medcap.metrics import caption_metrics, vqa_scores
+from medcap.metrics.predictions import Bootstrap, answer_form_row_scores, frame_intervals, frame_row_scores
+from medcap.metrics.stats import Interval
 
 
 def score_predictions(predictions: pd.DataFrame, meteor: bool = True) -> Dict[str, Optional[float]]:
@@ -43,7 +46,8 @@ def answer_form_rates(predictions: pd.DataFrame, train_records: List[Dict[str, A
     """Share of answers (percent) that take a form seen in training for their question type.
 
     The forms of a (answer_type, question_type) are the normalised answers its train records use
-    (e.g. yes/no, "0".."3", "upper left"...). Caption rows are not counted.
+    (e.g. yes/no, "0".."3", "upper left"...). Caption rows are not counted. The per-row hits are
+    :func:`medcap.metrics.predictions.answer_form_row_scores`.
 
     Args:
         predictions (pd.DataFrame): ``prediction``, ``answer_type``, ``question_type`` columns.
@@ -53,16 +57,23 @@ def answer_form_rates(predictions: pd.DataFrame, train_records: List[Dict[str, A
         Dict[str, Optional[float]]: ``well_formed`` over all VQA rows and
         ``well_formed/question_type=...`` per type; None when no row applies.
     """
-    forms: Dict[tuple, set] = {}
-    for record in train_records:
-        key = (normalize_answer_type(record.get("answer_type")), str(record.get("question_type", "")))
-        forms.setdefault(key, set()).add(normalize_answer(first_answer(record) or ""))
-    hits: Dict[str, List[bool]] = {}
-    for row in predictions.itertuples():
-        key = (normalize_answer_type(row.answer_type), str(row.question_type))
-        if key[0] is None or key not in forms:
-            continue
-        hit = normalize_answer(str(row.prediction)) in forms[key]
-        hits.setdefault("well_formed", []).append(hit)
-        hits.setdefault(f"well_formed/question_type={key[1]}", []).append(hit)
-    return {name: 100.0 * sum(values) / len(values) for name, values in hits.items()}
+    hits = answer_form_row_scores(predictions, train_records)
+    return {name: 100.0 * sum(scores.values) / len(scores.values) for name, scores in hits.items()}
+
+
+def prediction_intervals(
+    predictions: pd.DataFrame,
+    train_records: Optional[List[Dict[str, Any]]] = None,
+    bootstrap: Bootstrap = Bootstrap(),
+) -> Tuple[Dict[str, Interval], Dict[str, Any]]:
+    """Bootstrap intervals (percent) of every VQA key of :func:`score_predictions` and, with
+    ``train_records``, of ``well_formed``; resampled by image when images hold several questions.
+
+    Returns:
+        Tuple[Dict[str, Interval], Dict[str, Any]]: key -> interval, and how they were computed
+        (:func:`medcap.metrics.predictions.bootstrap_description`).
+    """
+    row_scores = frame_row_scores(predictions)
+    if train_records is not None:
+        row_scores.update(answer_form_row_scores(predictions, train_records))
+    return frame_intervals(predictions, row_scores, bootstrap)

@@ -1,7 +1,10 @@
-"""Evaluation metrics: captioning (pycocoevalcap), VQA protocols, LLM-judge prompts and parsers.
+"""Evaluation metrics: captioning (pycocoevalcap), VQA protocols, LLM-judge prompts and parsers,
+bootstrap intervals and paired tests (:mod:`medcap.metrics.stats`).
 
 Pure functions: nothing here imports ``medcap.generation`` or ``medcap.models`` (the judge's model
-runtime is :mod:`medcap.generation.judge`).
+runtime is :mod:`medcap.generation.judge`). The scores of a predictions DataFrame (per-row scores,
+intervals, paired comparison of two tables) are in :mod:`medcap.metrics.predictions` (it imports
+pandas, so it is not imported here).
 """
 
 from medcap.metrics.baselines import compute_baselines
@@ -22,44 +25,86 @@ from medcap.metrics.judge import (
     summarise_choices,
     summarise_judgements,
 )
+from medcap.metrics.stats import (
+    Comparison,
+    Interval,
+    McNemar,
+    RowScores,
+    bootstrap_mean,
+    cluster_ids,
+    compare_row_scores,
+    mcnemar_exact,
+    paired_bootstrap_difference,
+    score_intervals,
+)
 from medcap.metrics.vqa import (
+    BINARY_METRICS,
     PROTOCOL_METRICS,
     PROTOCOLS,
     exact_match,
+    is_binary_key,
     llava_med_closed_hit,
     llava_med_f1_precision_recall,
     llava_med_normalize_word,
     llava_med_open_recall,
+    medevalkit_close_end_match,
+    medevalkit_is_closed,
+    medevalkit_judgement,
+    medevalkit_open_match,
+    medevalkit_parse_response,
+    medevalkit_slake_hit,
+    medevalkit_vqa_rad_hit,
     medpalm_bleu1,
     medpalm_token_f1,
     normalize_answer,
+    vqa_row_scores,
     vqa_scores,
 )
 
 __all__ = [
+    "BINARY_METRICS",
     "CAPTION_METRICS",
     "CaptionMetrics",
+    "Comparison",
+    "Interval",
+    "McNemar",
     "PROTOCOLS",
     "PROTOCOL_METRICS",
+    "RowScores",
+    "bootstrap_mean",
     "build_choice_prompt",
     "build_judge_prompt",
     "caption_metrics",
+    "cluster_ids",
+    "compare_row_scores",
     "compute_baselines",
     "exact_match",
+    "is_binary_key",
     "llava_med_closed_hit",
     "llava_med_f1_precision_recall",
     "llava_med_normalize_word",
     "llava_med_open_recall",
+    "mcnemar_exact",
     "medcap_original_score",
+    "medevalkit_close_end_match",
+    "medevalkit_is_closed",
+    "medevalkit_judgement",
+    "medevalkit_open_match",
+    "medevalkit_parse_response",
+    "medevalkit_slake_hit",
+    "medevalkit_vqa_rad_hit",
     "medpalm_bleu1",
     "medpalm_token_f1",
     "normalize_answer",
+    "paired_bootstrap_difference",
     "parse_choice_reply",
     "parse_judge_reply",
     "parse_options",
     "reference_letter",
+    "score_intervals",
     "spice_unavailable_reason",
     "summarise_choices",
     "summarise_judgements",
+    "vqa_row_scores",
     "vqa_scores",
 ]

@@ -1,6 +1,6 @@
 """Medical VQA metrics: the protocols papers report, re-implemented as pure functions.
 
-Three families, each documented with its exact normalisation:
+Four families, each documented with its exact normalisation:
 
 * ``exact``: our own normalised exact match (:func:`normalize_answer`). ``closed_accuracy`` is
   the exact-match rate over CLOSED rows, ``open_exact_match`` over OPEN rows.
@@ -10,8 +10,13 @@ Three families, each documented with its exact normalisation:
 * ``medpalm``: Med-PaLM M's BLEU-1 and token F1 as the BLIP-2 reproduction computes them
   (Mrabbi3/biomed-multimodal-reproduction, ``evaluation/metrics.py``): :func:`medpalm_bleu1`,
   :func:`medpalm_token_f1`, averaged over all rows.
+* ``medevalkit``: MedEvalKit's exact-match VQA scoring (alibaba-damo-academy/MedEvalKit,
+  ``utils/VQA_RAD/VQA_RAD.py`` and ``utils/SLAKE/SLAKE.py``, the protocol behind the Lingshu and
+  MedGemma tables): closed = the reference is yes/no (VQA-RAD rule, :func:`medevalkit_vqa_rad_hit`)
+  or the dataset's answer type (SLAKE rule, :func:`medevalkit_slake_hit`).
 
-:func:`vqa_scores` aggregates per-row scores into percentages, with optional breakdowns per
+:func:`vqa_row_scores` gives the per-row scores behind every key (for bootstrap intervals and
+paired tests, :mod:`medcap.metrics.stats`); :func:`vqa_scores` aggregates per-row scores into percentages, with optional breakdowns per
 answer type and per question type.
 """
 
@@ -19,17 +24,28 @@ import re
 import string
 import unicodedata
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 from medcap.data.schema import ANSWER_TYPES, normalize_answer_type  # noqa: F401  (re-exported)
+from medcap.metrics.stats import RowScores
 
 # Protocol group name -> metric names it reports (the contract of tools/score.py).
 PROTOCOL_METRICS = {
     "llava_med": ("llava_med_open_recall", "llava_med_closed_accuracy"),
     "exact": ("closed_accuracy", "open_exact_match", "exact_match"),
     "medpalm": ("bleu1", "token_f1"),
+    "medevalkit": (
+        "medevalkit_accuracy", "medevalkit_closed_accuracy", "medevalkit_open_accuracy",
+        "medevalkit_slake_accuracy", "medevalkit_slake_closed_accuracy", "medevalkit_slake_open_accuracy",
+    ),
 }
 PROTOCOLS = tuple(PROTOCOL_METRICS) + ("all",)
+# Metrics whose per-row score is 0 or 1 (McNemar's test applies to them).
+BINARY_METRICS = frozenset({
+    "llava_med_closed_accuracy", "closed_accuracy", "open_exact_match", "exact_match",
+    *PROTOCOL_METRICS["medevalkit"],
+})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,18 +343,206 @@ def medpalm_token_f1(prediction: str, reference: str) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
+# MedEvalKit (alibaba-damo-academy/MedEvalKit: utils/VQA_RAD/VQA_RAD.py, utils/SLAKE/SLAKE.py,
+# utils/utils.py; mathruler.grader.extract_boxed_content)
+# ---------------------------------------------------------------------------------------------
+
+_MEDEVALKIT_YES_NO = ("yes", "no")
+# utils.py parse_response: each pattern present in the (already split) response splits it again,
+# keeping the text after its last occurrence.
+_MEDEVALKIT_ANSWER_PATTERNS = (
+    "**answer**:", "**answer**", "*answer*:", "**answer:**", "answer is", "answer:", "答案:", "final answer",
+    "final answer is",
+)
+
+
+def _medevalkit_extract_boxed(text: str) -> str:
+    # mathruler.grader.extract_boxed_content: the last "\boxed{", up to its matching brace,
+    # stripped; the *string* "None" when there is no complete box.
+    start = text.rfind("\\boxed{")
+    if start != -1:
+        content = text[start + len("\\boxed{"):]
+        depth = 0
+        for index, char in enumerate(content):
+            if char == "{":
+                depth += 1
+            elif char == "}":
+                depth -= 1
+            if depth == -1:
+                return content[:index].strip()
+    return "None"
+
+
+def _medevalkit_extract_tag(text: str, tag: str) -> str:
+    # utils.py extract(text, tag, hard=True) with get_content_between_a_b: every complete
+    # <tag>...</tag> body, each followed by a space, stripped; the whole text when there is none.
+    if not text:
+        return ""
+    opening, closing = f"<{tag}>", f"</{tag}>"
+    found = ""
+    start = text.find(opening)
+    while start != -1:
+        end = text.find(closing, start + len(opening))
+        if end == -1:
+            break
+        found += text[start + len(opening):end] + " "
+        start = text.find(opening, end + len(closing))
+    return found.strip() or text
+
+
+def medevalkit_parse_response(response: str) -> str:
+    """MedEvalKit's ``parse_response`` (``utils/utils.py``), faithfully.
+
+    Lowercase; if the text contains ``boxed`` take the last ``\\boxed{...}`` (the string
+    ``"None"`` when there is no complete box, e.g. a reply that merely says "boxed"), else if it
+    contains ``<answer>`` the ``<answer>...</answer>`` bodies; then for each of ``**answer**:``,
+    ``**answer**``, ``*answer*:``, ``**answer:**``, ``answer is``, ``answer:``, ``答案:``,
+    ``final answer``, ``final answer is`` present, keep what follows its last occurrence (so
+    "the answer is yes" becomes " yes", leading space kept). Nothing is stripped.
+    """
+    response = response.lower()
+    if "boxed" in response:
+        response = _medevalkit_extract_boxed(response)
+    elif "<answer>" in response:
+        response = _medevalkit_extract_tag(response, "answer")
+    for pattern in _MEDEVALKIT_ANSWER_PATTERNS:
+        if pattern in response:
+            response = response.split(pattern)[-1]
+    return response
+
+
+def _medevalkit_cal_metrics_response(response: str) -> str:
+    # the first lines of cal_metrics (VQA_RAD.py and SLAKE.py): a complete \boxed{} wins, else
+    # the <answer> bodies, else the reply as is.
+    boxed = _medevalkit_extract_boxed(response)
+    if boxed != "None":
+        return boxed
+    if "<answer>" in response:
+        return _medevalkit_extract_tag(response, "answer")
+    return response
+
+
+def medevalkit_judgement(prediction: str, reference: str) -> float:
+    """MedEvalKit's ``judge_judgement(answer, response)`` for a yes/no reference, faithfully.
+
+    The reference is lowercased; the reply goes through :func:`medevalkit_parse_response` and
+    loses its line breaks and periods. It scores 1 when **exactly one** of "yes" / "no" occurs in
+    it (substring tests, so "no" inside "nodule", "normal", "not", "know", "cannot" counts, and
+    "yes, a nodule" holds both and scores 0) and the reference occurs in it (substring).
+
+    Args:
+        prediction (str): the model's reply.
+        reference (str): the ground truth (yes or no).
+
+    Returns:
+        float: 1.0 or 0.0.
+    """
+    answer = reference.lower()
+    response = medevalkit_parse_response(prediction).replace("\n", "").replace(".", "")
+    return float((("yes" in response) != ("no" in response)) and answer in response)
+
+
+def medevalkit_close_end_match(prediction: str, reference: str) -> float:
+    """MedEvalKit's ``judge_close_end_vqa(answer, response)``, faithfully.
+
+    1 when the parsed reply without line breaks and periods equals the lowercased reference;
+    spaces are not stripped ("ct " does not equal "ct").
+    """
+    response = medevalkit_parse_response(prediction).replace("\n", "").replace(".", "")
+    return float(response == reference.lower())
+
+
+def medevalkit_open_match(prediction: str, reference: str) -> float:
+    """The ``em`` of MedEvalKit's ``judge_open_end_vqa(answer, response)``, faithfully.
+
+    1 when the parsed reply (:func:`medevalkit_parse_response`; periods kept, nothing stripped)
+    equals the lowercased reference: "liver." does not match "liver".
+    """
+    return float(medevalkit_parse_response(prediction) == reference.lower())
+
+
+def medevalkit_is_closed(reference: str) -> bool:
+    """VQA_RAD.py's split: a question is closed when its reference, lowercased and stripped, is
+    "yes" or "no" (the dataset's own answer type is not read)."""
+    return reference.lower().strip() in _MEDEVALKIT_YES_NO
+
+
+def medevalkit_vqa_rad_hit(prediction: str, reference: str) -> float:
+    """One row as MedEvalKit's ``VQA_RAD.cal_metrics`` scores it (exact match: no LLM judge).
+
+    Source: alibaba-damo-academy/MedEvalKit, ``utils/VQA_RAD/VQA_RAD.py`` (commit 564d279). The
+    reply's complete ``\\boxed{}`` (else its ``<answer>`` bodies) replaces it; reply and
+    reference are lowercased and stripped; a yes/no reference is judged by
+    :func:`medevalkit_judgement`, any other by :func:`medevalkit_open_match`.
+    """
+    response = _medevalkit_cal_metrics_response(prediction).lower().strip()
+    answer = reference.lower().strip()
+    if answer in _MEDEVALKIT_YES_NO:
+        return medevalkit_judgement(response, answer)
+    return medevalkit_open_match(response, answer)
+
+
+def medevalkit_slake_hit(prediction: str, reference: str, answer_type: str) -> float:
+    """One row as MedEvalKit's ``SLAKE.cal_metrics`` scores it (exact match: no LLM judge).
+
+    Source: alibaba-damo-academy/MedEvalKit, ``utils/SLAKE/SLAKE.py`` (commit c3651c9). Here the
+    dataset's answer type decides: OPEN rows by :func:`medevalkit_open_match`; CLOSED rows whose
+    reference is exactly ``"yes"`` or ``"no"`` (case-sensitive, not stripped) by
+    :func:`medevalkit_judgement`, every other CLOSED row by :func:`medevalkit_close_end_match`.
+    Neither reply nor reference is stripped. SLAKE's own references are capitalised ("Yes",
+    "No"), so on SLAKE every closed question goes to the strict whole-answer match.
+
+    Args:
+        prediction (str): the model's reply.
+        reference (str): the ground truth.
+        answer_type (str): "CLOSED" or "OPEN".
+    """
+    response = _medevalkit_cal_metrics_response(prediction)
+    if answer_type == "OPEN":
+        return medevalkit_open_match(response, reference)
+    if reference in _MEDEVALKIT_YES_NO:
+        return medevalkit_judgement(response, reference)
+    return medevalkit_close_end_match(response, reference)
+
+
+# ---------------------------------------------------------------------------------------------
 # Aggregation
 # ---------------------------------------------------------------------------------------------
 
-# metric name -> (per-row scorer, answer type it applies to or None for all rows)
-_METRICS: dict[str, tuple[Callable[[str, str], float], Optional[str]]] = {
-    "llava_med_open_recall": (llava_med_open_recall, "OPEN"),
-    "llava_med_closed_accuracy": (llava_med_closed_hit, "CLOSED"),
-    "closed_accuracy": (exact_match, "CLOSED"),
-    "open_exact_match": (exact_match, "OPEN"),
-    "exact_match": (exact_match, None),
-    "bleu1": (medpalm_bleu1, None),
-    "token_f1": (medpalm_token_f1, None),
+
+@dataclass(frozen=True)
+class _Metric:
+    score: Callable[[str, str, str], float]  # (prediction, reference, answer type) -> score
+    applies: Callable[[str, str], bool]  # (reference, answer type) -> row counts for the metric
+    all_rows: bool = False  # averages over every row: gets answer_type breakdowns
+
+
+def _pair(scorer: Callable[[str, str], float]) -> Callable[[str, str, str], float]:
+    return lambda prediction, reference, _answer_type: scorer(prediction, reference)
+
+
+def _answer_type_is(wanted: str) -> Callable[[str, str], bool]:
+    return lambda _reference, answer_type: answer_type == wanted
+
+
+def _every_row(_reference: str, _answer_type: str) -> bool:
+    return True
+
+
+_METRICS: dict[str, _Metric] = {
+    "llava_med_open_recall": _Metric(_pair(llava_med_open_recall), _answer_type_is("OPEN")),
+    "llava_med_closed_accuracy": _Metric(_pair(llava_med_closed_hit), _answer_type_is("CLOSED")),
+    "closed_accuracy": _Metric(_pair(exact_match), _answer_type_is("CLOSED")),
+    "open_exact_match": _Metric(_pair(exact_match), _answer_type_is("OPEN")),
+    "exact_match": _Metric(_pair(exact_match), _every_row, all_rows=True),
+    "bleu1": _Metric(_pair(medpalm_bleu1), _every_row, all_rows=True),
+    "token_f1": _Metric(_pair(medpalm_token_f1), _every_row, all_rows=True),
+    "medevalkit_accuracy": _Metric(_pair(medevalkit_vqa_rad_hit), _every_row, all_rows=True),
+    "medevalkit_closed_accuracy": _Metric(_pair(medevalkit_vqa_rad_hit), lambda ref, _t: medevalkit_is_closed(ref)),
+    "medevalkit_open_accuracy": _Metric(_pair(medevalkit_vqa_rad_hit), lambda ref, _t: not medevalkit_is_closed(ref)),
+    "medevalkit_slake_accuracy": _Metric(medevalkit_slake_hit, _every_row, all_rows=True),
+    "medevalkit_slake_closed_accuracy": _Metric(medevalkit_slake_hit, _answer_type_is("CLOSED")),
+    "medevalkit_slake_open_accuracy": _Metric(medevalkit_slake_hit, _answer_type_is("OPEN")),
 }
 
 
@@ -361,41 +565,29 @@ def metrics_for_protocols(protocols: Sequence[str]) -> list[str]:
     return [metric for name in PROTOCOL_METRICS if name in groups for metric in groups[name]]
 
 
+def is_binary_key(key: str) -> bool:
+    """Whether a score key (``metric`` or ``metric/breakdown``) is a mean of 0/1 per-row scores."""
+    return key.split("/", 1)[0] in BINARY_METRICS
+
+
 def _percent(values: list[float]) -> Optional[float]:
     return 100.0 * sum(values) / len(values) if values else None
 
 
-def vqa_scores(
+def vqa_row_scores(
     predictions: Sequence[str],
     references: Sequence[str],
     answer_types: Sequence[str],
     question_types: Optional[Sequence[str]] = None,
     protocols: Sequence[str] = ("all",),
-) -> dict[str, Optional[float]]:
-    """Score VQA answers; each metric is the mean per-row score over the rows it applies to.
+) -> dict[str, RowScores]:
+    """The per-row scores behind every key of :func:`vqa_scores`, in the same key order.
 
-    Keys: the metrics of the selected protocol groups (:data:`PROTOCOL_METRICS`), always
-    present; metrics that average over all rows (``exact_match``, ``bleu1``, ``token_f1``)
-    also get ``{metric}/answer_type=CLOSED`` and ``.../answer_type=OPEN`` (None when no row of
-    that type); when ``question_types`` is given, every metric gets
-    ``{metric}/question_type={value}`` for each distinct non-empty value among the rows it
-    applies to (stripped, otherwise as written, e.g. "PRES, POS"; empty = unknown, no key).
-
-    Args:
-        predictions (Sequence[str]): model answers.
-        references (Sequence[str]): ground-truth answers.
-        answer_types (Sequence[str]): "CLOSED" or "OPEN" per row (case and surrounding
-            spaces ignored).
-        question_types (Optional[Sequence[str]]): question type per row, "" when unknown.
-        protocols (Sequence[str]): protocol groups, see :data:`PROTOCOLS`.
+    Arguments as for :func:`vqa_scores`.
 
     Returns:
-        dict[str, Optional[float]]: metric name -> percentage in [0, 100], None when no row
-        applies.
-
-    Raises:
-        ValueError: on sequences of different lengths, an answer type other than
-            CLOSED/OPEN (naming the row index) or an unknown protocol.
+        dict[str, RowScores]: key -> (row indices, per-row scores in [0, 1]); a key whose metric
+        applies to no row has empty lists.
     """
     lengths = {len(predictions), len(references), len(answer_types)}
     if question_types is not None:
@@ -414,24 +606,62 @@ def vqa_scores(
         [q.strip() for q in question_types] if question_types is not None else [""] * len(predictions)
     )
 
-    scores: dict[str, Optional[float]] = {}
+    scores: dict[str, RowScores] = {}
     for metric in metric_names:
-        scorer, applies_to = _METRICS[metric]
-        by_answer_type: dict[str, list[float]] = defaultdict(list)
-        by_question_type: dict[str, list[float]] = defaultdict(list)
-        for prediction, reference, answer_type, question_type in zip(
+        spec = _METRICS[metric]
+        overall = RowScores([], [])
+        by_answer_type: dict[str, RowScores] = {t: RowScores([], []) for t in ANSWER_TYPES}
+        by_question_type: dict[str, RowScores] = defaultdict(lambda: RowScores([], []))
+        for row, (prediction, reference, answer_type, question_type) in enumerate(zip(
             predictions, references, row_answer_types, row_question_types
-        ):
-            if applies_to is not None and answer_type != applies_to:
+        )):
+            if not spec.applies(reference, answer_type):
                 continue
-            value = scorer(prediction, reference)
-            by_answer_type[answer_type].append(value)
-            if question_type:
-                by_question_type[question_type].append(value)
-        scores[metric] = _percent([v for values in by_answer_type.values() for v in values])
-        if applies_to is None:
+            value = spec.score(prediction, reference, answer_type)
+            for group in (overall, by_answer_type[answer_type]) + ((by_question_type[question_type],) if question_type else ()):
+                group.rows.append(row)
+                group.values.append(value)
+        scores[metric] = overall
+        if spec.all_rows:
             for answer_type in ANSWER_TYPES:
-                scores[f"{metric}/answer_type={answer_type}"] = _percent(by_answer_type[answer_type])
+                scores[f"{metric}/answer_type={answer_type}"] = by_answer_type[answer_type]
         for question_type in sorted(by_question_type):
-            scores[f"{metric}/question_type={question_type}"] = _percent(by_question_type[question_type])
+            scores[f"{metric}/question_type={question_type}"] = by_question_type[question_type]
     return scores
+
+
+def vqa_scores(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    answer_types: Sequence[str],
+    question_types: Optional[Sequence[str]] = None,
+    protocols: Sequence[str] = ("all",),
+) -> dict[str, Optional[float]]:
+    """Score VQA answers; each metric is the mean per-row score over the rows it applies to.
+
+    Keys: the metrics of the selected protocol groups (:data:`PROTOCOL_METRICS`), always
+    present; metrics that average over all rows (``exact_match``, ``bleu1``, ``token_f1``,
+    ``medevalkit_accuracy``, ``medevalkit_slake_accuracy``) also get
+    ``{metric}/answer_type=CLOSED`` and ``.../answer_type=OPEN`` (None when no row of that
+    type); when ``question_types`` is given, every metric gets ``{metric}/question_type={value}``
+    for each distinct non-empty value among the rows it applies to (stripped, otherwise as
+    written, e.g. "PRES, POS"; empty = unknown, no key).
+
+    Args:
+        predictions (Sequence[str]): model answers.
+        references (Sequence[str]): ground-truth answers.
+        answer_types (Sequence[str]): "CLOSED" or "OPEN" per row (case and surrounding
+            spaces ignored).
+        question_types (Optional[Sequence[str]]): question type per row, "" when unknown.
+        protocols (Sequence[str]): protocol groups, see :data:`PROTOCOLS`.
+
+    Returns:
+        dict[str, Optional[float]]: metric name -> percentage in [0, 100], None when no row
+        applies.
+
+    Raises:
+        ValueError: on sequences of different lengths, an answer type other than
+            CLOSED/OPEN (naming the row index) or an unknown protocol.
+    """
+    rows = vqa_row_scores(predictions, references, answer_types, question_types, protocols)
+    return {key: _percent(scores.values) for key, scores in rows.items()}

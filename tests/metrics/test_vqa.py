@@ -196,3 +196,118 @@ def test_protocol_selection():
     assert selected[:2] == ["llava_med_open_recall", "llava_med_closed_accuracy"]
     with pytest.raises(ValueError, match="unknown protocol 'vqa'"):
         metrics_for_protocols(["vqa"])
+
+
+# --- MedEvalKit (alibaba-damo-academy/MedEvalKit: VQA_RAD.py 564d279, SLAKE.py c3651c9) ------------
+# Rows hand-built from the code: cal_metrics takes a complete \boxed{} (else the <answer> bodies),
+# judge_judgement wants exactly one of yes/no as a substring plus the reference as a substring,
+# judge_open_end_vqa's em compares the parsed reply with the reference, periods and spaces kept.
+
+from medcap.metrics.vqa import (  # noqa: E402
+    BINARY_METRICS,
+    medevalkit_close_end_match,
+    medevalkit_is_closed,
+    medevalkit_judgement,
+    medevalkit_open_match,
+    medevalkit_parse_response,
+    medevalkit_slake_hit,
+    medevalkit_vqa_rad_hit,
+)
+
+
+@pytest.mark.parametrize(
+    "response, expected",
+    [
+        ("The answer is yes", " yes"),  # split on "answer is", leading space kept
+        ("Final answer: left lung", " left lung"),  # "answer:" splits
+        ("\\boxed{Liver}", "liver"),  # lowercased, then the last complete box
+        ("first \\boxed{no} then \\boxed{\\text{yes}}", "\\text{yes}"),  # the last box, nested braces
+        ("I boxed it: liver", "None"),  # "boxed" without a box: the string "None"
+        ("<answer>CT</answer> and <answer>MRI</answer>", "ct mri"),  # every <answer> body
+        ("  Yes.\n", "  yes.\n"),  # nothing stripped here
+    ],
+)
+def test_medevalkit_parse_response(response, expected):
+    assert medevalkit_parse_response(response) == expected
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        ("Yes", "yes", 1.0),
+        ("No.", "no", 1.0),
+        ("yes and no", "no", 0.0),  # both words: XOR fails (LLaVA-Med's rule scores 1)
+        ("Yes, there is a nodule.", "yes", 0.0),  # "no" inside "nodule": both present -> 0
+        ("There is a nodule", "no", 1.0),  # only "no" (inside "nodule"), and "no" is in it
+        ("Not sure", "no", 1.0),  # "no" inside "not"
+        ("The eyes look fine", "yes", 1.0),  # "yes" inside "eyes"
+        ("Maybe", "yes", 0.0),
+        ("The answer is no", "yes", 0.0),
+    ],
+)
+def test_medevalkit_judgement(prediction, reference, expected):
+    assert medevalkit_judgement(prediction, reference) == expected
+
+
+def test_medevalkit_open_and_close_end_matches():
+    assert medevalkit_open_match("Liver", "liver") == 1.0
+    assert medevalkit_open_match("liver.", "liver") == 0.0  # open: periods kept
+    assert medevalkit_close_end_match("liver.", "Liver") == 1.0  # closed: periods and line breaks removed
+    assert medevalkit_close_end_match("the liver", "liver") == 0.0
+    assert medevalkit_close_end_match("liver ", "liver") == 0.0  # spaces not stripped
+    assert medevalkit_open_match("The answer is liver", "liver") == 0.0  # " liver" keeps its space
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        ("\\boxed{Yes}", "yes", 1.0),
+        ("<answer>left lung</answer>", "Left Lung", 1.0),  # open: em after the <answer> body
+        ("  left lung  ", "left lung", 1.0),  # VQA_RAD.py strips the reply and the reference
+        ("The answer is left lung", "left lung", 0.0),  # parse_response leaves " left lung"
+        ("Yes, there is", " YES ", 1.0),  # the reference is lowercased and stripped first
+        ("yes and no", "no", 0.0),
+        ("left.", "left", 0.0),  # a non-yes/no reference is open: em keeps the period
+    ],
+)
+def test_medevalkit_vqa_rad_hit(prediction, reference, expected):
+    assert medevalkit_vqa_rad_hit(prediction, reference) == expected
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, answer_type, expected",
+    [
+        ("yes, it is", "yes", "CLOSED", 1.0),  # lowercase yes/no reference: judge_judgement
+        ("yes, it is", "Yes", "CLOSED", 0.0),  # SLAKE's capitalised "Yes": strict judge_close_end_vqa
+        ("Yes.", "Yes", "CLOSED", 1.0),  # ... which drops the period and lowercases
+        ("lung.", "Lung", "CLOSED", 1.0),
+        ("the lung", "Lung", "CLOSED", 0.0),
+        (" lung", "Lung", "CLOSED", 0.0),  # SLAKE.py strips nothing
+        ("Chest", "Chest", "OPEN", 1.0),
+        ("chest.", "Chest", "OPEN", 0.0),
+        ("yes", "Yes", "OPEN", 1.0),  # the answer type decides, not the reference
+    ],
+)
+def test_medevalkit_slake_hit(prediction, reference, answer_type, expected):
+    assert medevalkit_slake_hit(prediction, reference, answer_type) == expected
+
+
+def test_medevalkit_protocol_aggregation():
+    predictions = ["Yes", "yes, a nodule", "\\boxed{left}", "Lung.", "lung", "Chest"]
+    references = ["yes", "Yes", "left", "Lung", "lung", "Abdomen"]
+    answer_types = ["CLOSED", "CLOSED", "CLOSED", "CLOSED", "OPEN", "OPEN"]
+    # VQA-RAD rule: closed = rows 0, 1 (yes/no references): hits 1, 0 ("no" in "nodule").
+    # Open = rows 2..5: em of "left" = 1, "lung." vs "lung" = 0, "lung" = 1, "chest" = 0.
+    # SLAKE rule: CLOSED rows 0..3 -> judge_judgement("yes") 1, strict "yes, a nodule" vs "yes" 0,
+    # strict "left" 1, "lung" (period dropped) 1; OPEN rows 4, 5 -> 1, 0.
+    scores = vqa_scores(predictions, references, answer_types, protocols=["medevalkit"])
+    assert {key.split("/")[0] for key in scores} == set(PROTOCOL_METRICS["medevalkit"])
+    assert scores["medevalkit_closed_accuracy"] == pytest.approx(50.0)
+    assert scores["medevalkit_open_accuracy"] == pytest.approx(50.0)
+    assert scores["medevalkit_accuracy"] == pytest.approx(100 * 3 / 6)
+    assert scores["medevalkit_accuracy/answer_type=CLOSED"] == pytest.approx(50.0)  # rows 0..3: 1, 0, 1, 0
+    assert scores["medevalkit_slake_closed_accuracy"] == pytest.approx(75.0)
+    assert scores["medevalkit_slake_open_accuracy"] == pytest.approx(50.0)
+    assert scores["medevalkit_slake_accuracy"] == pytest.approx(100 * 4 / 6)
+    assert medevalkit_is_closed(" No ") and not medevalkit_is_closed("none")
+    assert set(PROTOCOL_METRICS["medevalkit"]) <= BINARY_METRICS

@@ -143,3 +143,88 @@ def test_score_csv_in_process(tmp_path, protocol):
         assert set(REQUIRED_KEYS) <= expected
     for value in scores.values():
         assert value is None or (0.0 <= value <= 100.0 and round(value, 2) == value)
+
+
+# --- --intervals and --by ----------------------------------------------------------------------
+
+# 8 questions on 4 images (2 each); a row's image ties it to its neighbour
+IMAGE_CSV = (
+    "id,image,question,reference,prediction,answer_type,question_type,modality\n"
+    "1,a.png,Is there a nodule?,yes,yes,CLOSED,PRES,CT\n"
+    "2,a.png,Which organ?,liver,liver,OPEN,ORGAN,CT\n"
+    "3,b.png,Is there a nodule?,no,yes,CLOSED,PRES,MRI\n"
+    "4,b.png,Which organ?,lung,liver,OPEN,ORGAN,MRI\n"
+    "5,c.png,Is there a mass?,yes,yes,CLOSED,PRES,CT\n"
+    "6,c.png,Which side?,left,left,OPEN,POS,CT\n"
+    "7,d.png,Is it normal?,no,no,CLOSED,ABN,X-Ray\n"
+    "8,d.png,Which side?,right,left,OPEN,POS,X-Ray\n"
+)
+
+
+def test_default_output_has_no_intervals(tmp_path):
+    result = run_score(write(tmp_path, IMAGE_CSV))
+    scores = json.loads(result.stdout)
+    assert "intervals" not in scores and "bootstrap" not in scores
+    assert all(value is None or isinstance(value, float) for value in scores.values())  # metric -> value
+    assert scores["medevalkit_accuracy"] == 62.5 and scores["medevalkit_closed_accuracy"] == 75.0
+
+
+def test_intervals_flag(tmp_path):
+    path = write(tmp_path, IMAGE_CSV)
+    result = run_score(path, "--intervals", "--protocol", "exact")
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert output["closed_accuracy"] == 75.0  # the flat keys stay
+    interval = output["intervals"]["closed_accuracy"]
+    assert set(interval) == {"value", "ci_low", "ci_high", "n", "n_clusters"}
+    assert interval["value"] == 75.0 and interval["n"] == 4 and interval["n_clusters"] == 4
+    assert 0.0 <= interval["ci_low"] <= 75.0 <= interval["ci_high"] <= 100.0
+    assert output["intervals"]["exact_match"]["n_clusters"] == 4  # 8 questions, 4 images
+    assert output["bootstrap"]["resampled"] == "image" and output["bootstrap"]["n_images"] == 4
+    assert output["bootstrap"]["seed"] == 0 and output["bootstrap"]["n_resamples"] == 2000
+    assert set(output["intervals"]) == {key for key in output if key not in ("intervals", "bootstrap")}
+    again = json.loads(run_score(path, "--intervals", "--protocol", "exact").stdout)
+    assert again == output  # seeded
+    by_question = json.loads(run_score(path, "--intervals", "--protocol", "exact", "--resample", "question").stdout)
+    assert by_question["bootstrap"]["resampled"] == "question"
+    assert by_question["intervals"]["exact_match"]["n_clusters"] == 8
+    # without an image column the unit is the question
+    no_image = write(tmp_path, CSV_TEXT, name="no_image.csv")
+    assert json.loads(run_score(no_image, "--intervals").stdout)["bootstrap"]["resampled"] == "question"
+    failed = run_score(no_image, "--intervals", "--resample", "image")
+    assert failed.returncode == 1 and "image" in failed.stderr
+
+
+def _csv_rows(text):
+    import csv
+    import io
+
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_by_column(tmp_path):
+    path = write(tmp_path, IMAGE_CSV)
+    result = run_score(path, "--by", "modality", "--protocol", "exact")
+    assert result.returncode == 0, result.stderr
+    rows = _csv_rows(result.stdout)
+    assert [row["modality"] for row in rows] == ["CT", "MRI", "X-Ray", "(all)"]
+    ct, mri, xray, everything = rows
+    assert (ct["n"], ct["n_closed"], ct["n_open"]) == ("4", "2", "2")
+    assert ct["closed_accuracy"] == "100.0" and ct["open_exact_match"] == "100.0"
+    assert mri["closed_accuracy"] == "0.0" and mri["exact_match"] == "0.0"
+    assert xray["exact_match"] == "50.0"
+    assert everything["n"] == "8" and everything["exact_match"] == "62.5"
+    assert "closed_accuracy_ci_low" not in ct
+    with_intervals = _csv_rows(run_score(path, "--by", "modality", "--protocol", "exact", "--intervals").stdout)
+    ct = with_intervals[0]
+    assert ct["resampled"] == "image" and ct["exact_match_n"] == "4"
+    assert float(ct["exact_match_ci_low"]) <= 100.0 <= float(ct["exact_match_ci_high"])
+    missing = run_score(path, "--by", "organ")
+    assert missing.returncode == 1 and "no column 'organ'" in missing.stderr and "predictions.csv" in missing.stderr
+
+
+def test_by_question_type_counts_every_value(tmp_path):
+    rows = _csv_rows(run_score(write(tmp_path, CSV_TEXT), "--by", "question_type", "--protocol", "llava_med").stdout)
+    assert [(row["question_type"], row["n"]) for row in rows] == [
+        ("", "1"), ("COUNT", "1"), ("ORGAN", "1"), ("POS", "1"), ("PRES", "2"), ("(all)", "6")]
+    assert rows[-1]["llava_med_open_recall"] == "91.67"
