@@ -8,8 +8,12 @@ Launch (from the repository root)::
     python recipes/generate.py --config ... image=path/to/scan.png prompt="Is there a lesion?"
 
 Per checkpoint ``{output_dir}/{checkpoint}/predictions.csv`` (image, question, reference,
-prediction, answer_type, ...) and ``metrics.json``; across checkpoints ``metrics_by_epoch.csv``
-and ``.json``, a plot and a self-contained ``report.html``.
+prediction, answer_type, ...) and ``metrics.json`` (the flat metrics plus ``intervals`` and
+``bootstrap``); across checkpoints ``metrics_by_epoch.csv`` and ``.json``,
+``intervals_by_epoch.csv``/``.json`` (95% bootstrap intervals), ``comparisons.csv``/``.json``
+(each checkpoint minus base, and minus a blank-image run when one exists), a plot and a
+self-contained ``report.html``. ``report_only=True`` rebuilds the tables and the report from the
+predictions already in ``output_dir`` (no model), e.g. after the blank-image run.
 """
 
 import json
@@ -34,12 +38,18 @@ from medcap.checkpoint import IMAGE_ENCODER_FILE, atomic_write, load_image_encod
 from medcap.checkpoint.decoder import load_frozen_decoder
 from medcap.data import check_transform_fits_model, load_image, load_records
 from medcap.generation import answer_form_rates, describe_then_answer_prompt, direct_prompt, generate, score_predictions
-from medcap.generation.report import plot_metrics_by_epoch, write_html_report, write_metrics_table
+from medcap.generation.evaluate import prediction_intervals
+from medcap.generation.report import plot_metrics_by_epoch, write_html_report, write_metrics_table, write_records
+from medcap.metrics.predictions import Bootstrap, compare_frames, comparison_record, intervals_json
 
 log = logging.getLogger("medcap")
 BASE = "base"
 EVAL_DATASET = "medcap.data.sharegpt_eval_dataset"
 IMAGE_CACHE_SIZE = 4096  # transformed images kept across checkpoints (distinct files)
+BLANK_EVAL_DIR = "eval_blank"  # {run_dir}/eval_blank: the blank-image evaluation compared against by default
+INTERVAL_COLUMNS = ("checkpoint", "epoch", "metric", "value", "ci_low", "ci_high", "n", "n_clusters", "resampled")
+COMPARISON_COLUMNS = ("checkpoint", "against", "metric", "a", "b", "difference", "ci_low", "ci_high", "n",
+                      "n_clusters", "mcnemar_p", "right_to_wrong", "wrong_to_right", "resampled")
 
 
 class GenerationRecipe:
@@ -55,15 +65,25 @@ class GenerationRecipe:
     ``few_shot`` (list of ``{question, answer}``); ``batch_size``, ``max_new_tokens``,
     ``temperature``, ``top_k``, ``seed``; ``meteor``; ``output_dir``;
     ``train_source`` (optional training JSON: adds the share of answers in a trained form);
-    ``blank_images`` (feed uniform gray images instead: shows whether answers use the image).
+    ``blank_images`` (feed uniform gray images instead: shows whether answers use the image);
+    ``bootstrap`` (``{resamples, confidence, seed, unit: auto|image|question}``; null: no
+    intervals or comparisons); ``compare_to`` (``{name: eval_dir}``: each checkpoint minus that
+    evaluation's same-named checkpoint; default ``{blank images: run_dir/eval_blank}`` when that
+    folder exists and this is not a blank-image run; ``{}``: none); ``report_only`` (rebuild
+    tables, comparisons and report from ``output_dir``'s predictions, no model).
     """
 
     def __init__(self, cfg: DictConfig) -> None:
         medcap_config.check_config_keys(cfg, CONFIG_KEYS, "generate")
-        cfg = _with_training_config(cfg)
-        self._device = utils.get_device(cfg.device)
-        self._dtype = training.get_dtype(cfg.dtype, device=self._device)
+        if not cfg.get("report_only", False):
+            cfg = _with_training_config(cfg)
+        self._device = utils.get_device(cfg.get("device", "cpu"))
+        self._dtype = training.get_dtype(cfg.get("dtype", "fp32"), device=self._device)
         self._cfg = cfg
+        self._bootstrap = _bootstrap_settings(cfg.get("bootstrap", {}))
+        self._output_dir = Path(cfg.output_dir)
+        train_source = cfg.get("train_source", None)
+        self._train_records = load_records(Path(train_source)) if train_source else None
         training.set_seed(cfg.get("seed", 0))
 
     def setup(self, cfg: DictConfig) -> None:
@@ -81,9 +101,6 @@ class GenerationRecipe:
         check_transform_fits_model(self._transform, self._model)
         self._tokenizer = self._transform.tokenizer
         self._checkpoints = self._resolve_checkpoints(cfg.get("checkpoints", "all"), cfg.get("run_dir", None))
-        self._output_dir = Path(cfg.output_dir)
-        train_source = cfg.get("train_source", None)
-        self._train_records = load_records(Path(train_source)) if train_source else None
 
     def _resolve_checkpoints(self, wanted: Any, run_dir: Optional[str]) -> List[Tuple[str, Optional[Path]]]:
         run = Path(run_dir) if run_dir else None
@@ -220,7 +237,7 @@ class GenerationRecipe:
         dataset = self._build_dataset(cfg)
         samples, skipped = dataset.samples, len(dataset.skipped)
         self._use_images(dataset.load_image)
-        rows, frames = [], {}
+        rows, frames, found_intervals = [], {}, {}
         for name, path in self._checkpoints:
             self._load_checkpoint(path)
             start = time.perf_counter()
@@ -233,20 +250,103 @@ class GenerationRecipe:
             if self._train_records is not None:
                 scores.update(answer_form_rates(frame, self._train_records))
             scores.update(samples_per_second=len(frame) / seconds, skipped=skipped)
-            atomic_write(checkpoint_dir / "metrics.json", lambda temp, s=scores: Path(temp).write_text(json.dumps(s, indent=1)))
+            saved = dict(scores)
+            if self._bootstrap is not None:
+                found_intervals[name] = prediction_intervals(frame, self._train_records, self._bootstrap)
+                saved.update(intervals=intervals_json(found_intervals[name][0]), bootstrap=found_intervals[name][1])
+            atomic_write(checkpoint_dir / "metrics.json", lambda temp, s=saved: Path(temp).write_text(json.dumps(s, indent=1)))
             epoch = int(name.split("_")[1]) if name.startswith("epoch_") and name.split("_")[1].isdigit() else None
             rows.append({"checkpoint": name, "epoch": epoch, **scores})
             frames[name] = frame
             log.info("%s: %s", name, {k: round(v, 2) for k, v in scores.items() if isinstance(v, float) and "/" not in k})
+        return self._write_evaluation(rows, frames, found_intervals)
+
+    def rebuild_report(self) -> pd.DataFrame:
+        """``report_only=True``: tables, intervals, comparisons and report from the predictions
+        already in ``output_dir`` (the checkpoints of its ``metrics_by_epoch.json``), no model."""
+        metrics_path = self._output_dir / "metrics_by_epoch.json"
+        if not metrics_path.is_file():
+            raise FileNotFoundError(f"report_only=True but {metrics_path} does not exist: run the evaluation first")
+        rows = json.loads(metrics_path.read_text())
+        frames = {}
+        for row in rows:
+            predictions = self._output_dir / row["checkpoint"] / "predictions.csv"
+            if not predictions.is_file():
+                raise FileNotFoundError(f"report_only=True: {predictions} (listed in {metrics_path}) does not exist")
+            frames[row["checkpoint"]] = pd.read_csv(predictions, dtype=str, keep_default_na=False)
+        return self._write_evaluation(rows, frames)
+
+    def _compare_to(self) -> Dict[str, Path]:
+        """Other evaluations each checkpoint is compared with: name -> output dir."""
+        given = self._cfg.get("compare_to", None)
+        if given is not None:
+            return {str(name): Path(str(directory)) for name, directory in given.items()}
+        run_dir = self._cfg.get("run_dir", None)
+        if self._cfg.get("blank_images", False) or not run_dir:
+            return {}
+        blank = Path(str(run_dir)) / BLANK_EVAL_DIR
+        if blank.is_dir() and blank.resolve() != self._output_dir.resolve():
+            return {"blank images": blank}
+        return {}
+
+    def _comparisons(self, frames: Dict[str, pd.DataFrame]) -> List[Dict[str, Any]]:
+        """Each checkpoint minus base (when base was evaluated) and minus every ``compare_to`` run."""
+        pairs = [(BASE, frames[BASE], name) for name in frames if name != BASE] if BASE in frames else []
+        for label, directory in self._compare_to().items():
+            for name in frames:
+                other = directory / name / "predictions.csv"
+                if other.is_file():
+                    pairs.append((label, pd.read_csv(other, dtype=str, keep_default_na=False), name))
+                else:
+                    log.info("compare_to %s: no %s, %s not compared", label, other, name)
+        records = []
+        for label, other, name in pairs:
+            try:
+                comparisons, description, _ = compare_frames(other, frames[name], label, name,
+                                                             train_records=self._train_records, bootstrap=self._bootstrap)
+            except ValueError as error:
+                log.warning("%s not compared with %s: %s", name, label, error)
+                continue
+            for key, comparison in comparisons.items():
+                records.append({"checkpoint": name, "against": label, **comparison_record(key, comparison),
+                                "resampled": description["resampled"]})
+            for key in ("closed_accuracy", "open_exact_match"):
+                if key in comparisons and comparisons[key].difference.value is not None:
+                    difference, test = comparisons[key].difference, comparisons[key].mcnemar
+                    band = "" if difference.ci_low is None else f" [{difference.ci_low:+.2f}, {difference.ci_high:+.2f}]"
+                    log.info("%s - %s: %s %+.2f%s%s", name, label, key, difference.value, band,
+                             f" McNemar p={test.p_value:.3g}" if test else "")
+        return records
+
+    def _write_evaluation(
+        self, rows: List[Dict[str, Any]], frames: Dict[str, pd.DataFrame], found_intervals: Optional[Dict[str, Any]] = None
+    ) -> pd.DataFrame:
+        """Metric tables, intervals, comparisons, plot and report of the evaluated checkpoints
+        (``found_intervals``: checkpoint -> intervals already computed)."""
+        cfg = self._cfg
         table = pd.DataFrame(rows)
         write_metrics_table(rows, self._output_dir / "metrics_by_epoch.csv", self._output_dir / "metrics_by_epoch.json")
+        intervals = comparisons = description = None
+        if self._bootstrap is not None:
+            interval_rows = []
+            for row in rows:
+                found, description = (found_intervals or {}).get(row["checkpoint"]) or prediction_intervals(
+                    frames[row["checkpoint"]], self._train_records, self._bootstrap)
+                interval_rows += [{"checkpoint": row["checkpoint"], "epoch": row["epoch"], "metric": key,
+                                   **interval.as_dict(), "resampled": description["resampled"]}
+                                  for key, interval in found.items()]
+            intervals = write_records(interval_rows, INTERVAL_COLUMNS, self._output_dir / "intervals_by_epoch.csv",
+                                      self._output_dir / "intervals_by_epoch.json")
+            comparisons = write_records(self._comparisons(frames), COMPARISON_COLUMNS, self._output_dir / "comparisons.csv",
+                                        self._output_dir / "comparisons.json")
         headline = [m for m in cfg.get("plot_metrics", ["closed_accuracy", "open_exact_match", "BLEU-4", "CIDEr"]) if m in table and table[m].notna().any()]
         plots = []
         if headline:
             plot_metrics_by_epoch(table, headline, self._output_dir / "metrics_by_epoch.png")
             plots.append(self._output_dir / "metrics_by_epoch.png")
-        last = self._checkpoints[-1][0]
-        write_html_report(self._output_dir / "report.html", f"medcap evaluation: {last}", table, frames[last], plot_paths=plots)
+        last = rows[-1]["checkpoint"]
+        write_html_report(self._output_dir / "report.html", f"medcap evaluation: {last}", table, frames[last], plot_paths=plots,
+                          intervals=intervals, comparisons=comparisons, bootstrap=description)
         print(table.drop(columns=[c for c in table.columns if "/" in c]).to_string(index=False))
         return table
 
@@ -259,8 +359,20 @@ TRAINING_KEYS = ("model", "checkpointer", "model_transform")
 CONFIG_KEYS = (
     *TRAINING_KEYS, "run_dir", "checkpoints", "output_dir", "dataset", "image", "prompt", "mode", "few_shot",
     "batch_size", "max_new_tokens", "max_new_tokens_by_answer_type", "temperature", "top_k", "seed", "meteor",
-    "plot_metrics", "train_source", "blank_images", "device", "dtype",
+    "plot_metrics", "train_source", "blank_images", "device", "dtype", "bootstrap", "compare_to", "report_only",
 )
+BOOTSTRAP_KEYS = ("resamples", "confidence", "seed", "unit")
+
+
+def _bootstrap_settings(node: Any) -> Optional[Bootstrap]:
+    """The ``bootstrap`` config node (missing keys take the defaults; null switches intervals off)."""
+    if node is None:
+        return None
+    given = OmegaConf.to_container(node) if isinstance(node, DictConfig) else dict(node)
+    unknown = sorted(set(given) - set(BOOTSTRAP_KEYS))
+    if unknown:
+        raise ValueError(f"bootstrap: unknown key {unknown[0]!r} (known: {', '.join(BOOTSTRAP_KEYS)})")
+    return Bootstrap(**given)
 
 
 def _with_training_config(cfg: DictConfig) -> DictConfig:
@@ -296,6 +408,9 @@ def recipe_main(cfg: DictConfig) -> None:
     """Entry point for ``tune run`` and ``python recipes/generate.py``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s: %(message)s")
     recipe = GenerationRecipe(cfg)
+    if cfg.get("report_only", False):
+        recipe.rebuild_report()
+        return
     recipe.setup(cfg)
     if cfg.get("image", None):
         recipe.quick_look(cfg.image, cfg.get("prompt", "Describe the image concisely."))

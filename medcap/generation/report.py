@@ -3,8 +3,11 @@
 * :func:`write_metrics_table` - one row per checkpoint (``checkpoint``, ``epoch``, metrics...);
 * :func:`plot_metrics_by_epoch` - each metric against epoch, the base model as a dashed line;
 * :func:`plot_training_loss` - the loss of torchtune ``DiskLogger`` files against step;
-* :func:`write_html_report` - the metric table, the plots and a seeded sample of predictions with
-  image thumbnails, in a single HTML file (images and plots embedded as base64, no other files).
+* :func:`write_records` - a long table (e.g. the intervals or the comparisons) as CSV + JSON;
+* :func:`write_html_report` - the metric table, the confidence intervals, the differences of every
+  checkpoint to base and to other evaluations (e.g. blank images), the plots and a seeded sample
+  of predictions with image thumbnails, in a single HTML file (images and plots embedded as
+  base64, no other files).
 
 Every file is written to a temporary name in its directory and renamed (atomic).
 """
@@ -16,7 +19,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import matplotlib
 
@@ -73,6 +76,21 @@ def write_metrics_table(rows: List[Dict[str, Any]], path_csv: Path, path_json: P
     records = [{column: _json_value(row.get(column)) for column in columns} for row in rows]
     atomic_write(Path(path_csv), lambda temp: table.to_csv(temp, index=False))
     atomic_write(Path(path_json), lambda temp: Path(temp).write_text(json.dumps(records, indent=2) + "\n"))
+    return table
+
+
+def write_records(rows: List[Dict[str, Any]], columns: Sequence[str], path_csv: Path, path_json: Path) -> pd.DataFrame:
+    """Write a long table (one record per row, the given columns in order) as CSV and JSON.
+
+    A missing value is an empty cell in the CSV and ``null`` in the JSON (a list of objects).
+
+    Returns:
+        pandas.DataFrame: the table as written.
+    """
+    table = pd.DataFrame(rows, columns=list(columns))
+    records = [{column: _json_value(row.get(column)) for column in columns} for row in rows]
+    atomic_write(Path(path_csv), lambda temp: table.to_csv(temp, index=False))
+    atomic_write(Path(path_json), lambda temp: Path(temp).write_text(json.dumps(records, indent=1) + "\n"))
     return table
 
 
@@ -214,7 +232,102 @@ th { background: #f2f2f2; }
 td.correct { background: #e3f6e3; } td.incorrect { background: #fbe4e4; }
 .missing { color: #a00; font-style: italic; }
 img.plot { max-width: 48%; margin-right: 1%; }
+td.up { background: #e3f6e3; } td.down { background: #fbe4e4; }
+small { color: #555; }
 """
+
+
+def _number(value: Any, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{float(value):+.2f}" if signed else f"{float(value):.2f}"
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _bootstrap_sentence(bootstrap: Optional[Mapping[str, Any]], paired: bool = False) -> str:
+    if not bootstrap:
+        return ""
+    level = round(100 * float(bootstrap.get("confidence", 0.95)))
+    unit = (f"resampling whole images ({bootstrap.get('n_images')} images for {bootstrap.get('n_questions')} questions: "
+            "the questions of one image are not independent)" if bootstrap.get("resampled") == "image"
+            else f"resampling questions ({bootstrap.get('n_questions')})")
+    kind = "paired percentile bootstrap (the same resampled questions on both sides)" if paired else "percentile bootstrap"
+    return f"{level}% {kind}, {unit}, {bootstrap.get('n_resamples')} resamples, seed {bootstrap.get('seed')}."
+
+
+def _intervals_html(intervals: pd.DataFrame, metrics: Sequence[str], bootstrap: Optional[Mapping[str, Any]]) -> List[str]:
+    checkpoints = list(dict.fromkeys(intervals["checkpoint"]))
+    cells = {(row["checkpoint"], row["metric"]): row for _, row in intervals.iterrows()}
+    header = "".join(f"<th>{html.escape(metric)}</th>" for metric in metrics)
+    body = []
+    for checkpoint in checkpoints:
+        row_cells = []
+        for metric in metrics:
+            row = cells.get((checkpoint, metric))
+            if row is None or not _present(row["value"]):
+                row_cells.append("<td></td>")
+                continue
+            band = (f"[{_number(row['ci_low'])}, {_number(row['ci_high'])}]" if _present(row["ci_low"]) else "[no interval]")
+            row_cells.append(f"<td>{_number(row['value'])}<br><small>{band} n={int(row['n'])}</small></td>")
+        body.append(f"<tr><td>{html.escape(str(checkpoint))}</td>{''.join(row_cells)}</tr>")
+    return [
+        "<h2>Confidence intervals</h2>",
+        f"<p>{html.escape(_bootstrap_sentence(bootstrap))} n = questions scored by the metric.</p>",
+        f'<table class="intervals"><thead><tr><th>checkpoint</th>{header}</tr></thead><tbody>',
+        *body,
+        "</tbody></table>",
+    ]
+
+
+def _comparisons_html(comparisons: pd.DataFrame, metrics: Sequence[str], bootstrap: Optional[Mapping[str, Any]]) -> List[str]:
+    parts = [
+        "<h2>Differences</h2>",
+        f"<p>Checkpoint minus the other run on the same questions, {html.escape(_bootstrap_sentence(bootstrap, paired=True))} "
+        "For 0/1 metrics: McNemar's exact p and the questions that went right&rarr;wrong / wrong&rarr;right. "
+        "Green or red: the interval excludes 0.</p>",
+    ]
+    header = "".join(f"<th>{html.escape(metric)}</th>" for metric in metrics)
+    for against in dict.fromkeys(comparisons["against"]):
+        subset = comparisons[comparisons["against"] == against]
+        cells = {(row["checkpoint"], row["metric"]): row for _, row in subset.iterrows()}
+        body = []
+        for checkpoint in dict.fromkeys(subset["checkpoint"]):
+            row_cells = []
+            for metric in metrics:
+                row = cells.get((checkpoint, metric))
+                if row is None or not _present(row["difference"]):
+                    row_cells.append("<td></td>")
+                    continue
+                low, high = row["ci_low"], row["ci_high"]
+                band = f"[{_number(low, True)}, {_number(high, True)}]" if _present(low) else "[no interval]"
+                verdict = ""
+                if _present(low) and _present(high):
+                    verdict = "up" if float(low) > 0 else "down" if float(high) < 0 else ""
+                test = ""
+                if _present(row.get("mcnemar_p")):
+                    test = (f"<br><small>p={float(row['mcnemar_p']):.3g} &middot; {int(row['right_to_wrong'])}&rarr;wrong "
+                            f"{int(row['wrong_to_right'])}&rarr;right</small>")
+                row_cells.append(f'<td class="{verdict}">{_number(row["difference"], True)}<br><small>{band}</small>{test}</td>')
+            body.append(f"<tr><td>{html.escape(str(checkpoint))}</td>{''.join(row_cells)}</tr>")
+        parts += [
+            f"<h3>vs {html.escape(str(against))}</h3>",
+            f'<table class="comparisons"><thead><tr><th>checkpoint</th>{header}</tr></thead><tbody>',
+            *body,
+            "</tbody></table>",
+        ]
+    return parts
+
+
+def _headline(table: Optional[pd.DataFrame], wanted: Optional[Sequence[str]]) -> List[str]:
+    if table is None or not len(table):
+        return []
+    present = list(dict.fromkeys(table["metric"]))
+    if wanted is not None:
+        return [metric for metric in wanted if metric in present]
+    return [metric for metric in present if "/" not in metric]
 
 
 def write_html_report(
@@ -226,8 +339,12 @@ def write_html_report(
     seed: int = 0,
     thumbnail_px: int = 128,
     plot_paths: Sequence[Path] = (),
+    intervals: Optional[pd.DataFrame] = None,
+    comparisons: Optional[pd.DataFrame] = None,
+    bootstrap: Optional[Mapping[str, Any]] = None,
+    interval_metrics: Optional[Sequence[str]] = None,
 ) -> None:
-    """Write one self-contained HTML page: metric table, plots, a sample of predictions.
+    """Write one self-contained HTML page: metric table, intervals, differences, plots, predictions.
 
     The sample is ``min(sample_size, len(predictions))`` rows drawn with ``seed`` (pandas'
     ``DataFrame.sample``), shown in their original order. Each row shows a JPEG thumbnail (at
@@ -245,7 +362,16 @@ def write_html_report(
         sample_size (int): predictions shown.
         seed (int): sampling seed.
         thumbnail_px (int): thumbnail size.
-        plot_paths (Sequence[Path]): PNG files embedded after the table.
+        plot_paths (Sequence[Path]): PNG files embedded after the tables.
+        intervals (Optional[pd.DataFrame]): long table ``checkpoint, metric, value, ci_low,
+            ci_high, n``: a "Confidence intervals" table (checkpoint x metric).
+        comparisons (Optional[pd.DataFrame]): long table ``checkpoint, against, metric,
+            difference, ci_low, ci_high`` (+ ``mcnemar_p, right_to_wrong, wrong_to_right`` for
+            0/1 metrics): one "vs {against}" table per other run (base, blank images...).
+        bootstrap (Optional[Mapping[str, Any]]): how the intervals were computed (resampled by
+            image or question, counts, level, resamples, seed), said above the tables.
+        interval_metrics (Optional[Sequence[str]]): metrics shown in those two tables (default:
+            every metric key without a ``/`` breakdown).
 
     Raises:
         ValueError: if ``predictions`` lacks a column (naming it).
@@ -279,6 +405,10 @@ def write_html_report(
         f"<h1>{html.escape(title)}</h1>",
         "<h2>Metrics</h2>",
         metrics_html,
+        *(_intervals_html(intervals, _headline(intervals, interval_metrics), bootstrap)
+          if _headline(intervals, interval_metrics) else []),
+        *(_comparisons_html(comparisons, _headline(comparisons, interval_metrics), bootstrap)
+          if _headline(comparisons, interval_metrics) else []),
         *(["<h2>Plots</h2>", "<div>", *plots, "</div>"] if plots else []),
         f"<h2>Predictions: {len(sample)} of {len(predictions)} (seed {seed})</h2>",
         '<table class="predictions"><thead><tr><th>row</th><th>image</th><th>question</th><th>reference</th>'

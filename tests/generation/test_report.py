@@ -209,3 +209,137 @@ def test_html_report_seeded_sample(tmp_path, predictions):
     assert [int(i) for i in shown[0]] == expected
     with pytest.raises(ValueError, match="missing column 'answer_type'"):
         write_html_report(tmp_path / "d.html", "a", table, predictions.drop(columns="answer_type"))
+
+
+# --- intervals and differences in the report ----------------------------------------------------
+
+from medcap.generation.report import write_records  # noqa: E402
+
+INTERVALS = pd.DataFrame([
+    {"checkpoint": "base", "metric": "closed_accuracy", "value": 50.0, "ci_low": 40.0, "ci_high": 60.0, "n": 100},
+    {"checkpoint": "epoch_0", "metric": "closed_accuracy", "value": 70.0, "ci_low": 61.0, "ci_high": 79.0, "n": 100},
+    {"checkpoint": "epoch_0", "metric": "closed_accuracy/question_type=PRES", "value": 80.0, "ci_low": 70.0,
+     "ci_high": 90.0, "n": 40},
+    {"checkpoint": "epoch_0", "metric": "token_f1", "value": 33.0, "ci_low": None, "ci_high": None, "n": 1},
+])
+COMPARISONS = pd.DataFrame([
+    {"checkpoint": "epoch_0", "against": "base", "metric": "closed_accuracy", "difference": 20.0, "ci_low": 9.5,
+     "ci_high": 30.5, "mcnemar_p": 0.0012, "right_to_wrong": 3, "wrong_to_right": 23},
+    {"checkpoint": "epoch_0", "against": "base", "metric": "token_f1", "difference": -1.0, "ci_low": -4.0,
+     "ci_high": 2.0, "mcnemar_p": None, "right_to_wrong": None, "wrong_to_right": None},
+    {"checkpoint": "epoch_0", "against": "blank images", "metric": "closed_accuracy", "difference": -2.0,
+     "ci_low": -3.5, "ci_high": -0.5, "mcnemar_p": 0.04, "right_to_wrong": 9, "wrong_to_right": 1},
+])
+BOOTSTRAP = {"resampled": "image", "n_images": 60, "n_questions": 100, "confidence": 0.95, "n_resamples": 2000, "seed": 0}
+
+
+def _section(page, title):
+    return page.split(f"<h2>{title}</h2>", 1)[1].split("<h2>", 1)[0]
+
+
+def test_html_report_intervals_and_differences(tmp_path, predictions):
+    table = write_metrics_table(ROWS, tmp_path / "m.csv", tmp_path / "m.json")
+    write_html_report(tmp_path / "r.html", "run", table, predictions, intervals=INTERVALS, comparisons=COMPARISONS,
+                      bootstrap=BOOTSTRAP)
+    page = (tmp_path / "r.html").read_text()
+    intervals = _section(page, "Confidence intervals")
+    assert "95% percentile bootstrap, resampling whole images (60 images for 100 questions" in intervals
+    assert "<td>70.00<br><small>[61.00, 79.00] n=100</small></td>" in intervals
+    assert "<td>33.00<br><small>[no interval] n=1</small></td>" in intervals
+    assert "question_type=PRES" not in intervals  # breakdowns stay in the tables on disk
+    differences = _section(page, "Differences")
+    assert "paired percentile bootstrap (the same resampled questions on both sides)" in differences
+    vs_base, vs_blank = differences.split("<h3>vs base</h3>")[1].split("<h3>vs blank images</h3>")
+    assert ('<td class="up">+20.00<br><small>[+9.50, +30.50]</small><br><small>p=0.0012 &middot; 3&rarr;wrong '
+            "23&rarr;right</small></td>") in vs_base
+    assert '<td class="">-1.00<br><small>[-4.00, +2.00]</small></td>' in vs_base  # interval holds 0; no McNemar
+    assert '<td class="down">-2.00' in vs_blank
+    # chosen metrics only
+    write_html_report(tmp_path / "s.html", "run", table, predictions, intervals=INTERVALS, comparisons=COMPARISONS,
+                      interval_metrics=["token_f1"])
+    chosen = (tmp_path / "s.html").read_text()
+    assert "<th>closed_accuracy</th>" not in chosen and "<th>token_f1</th>" in chosen
+    # without intervals the page is as before
+    write_html_report(tmp_path / "t.html", "run", table, predictions)
+    assert "Confidence intervals" not in (tmp_path / "t.html").read_text()
+
+
+def test_write_records(tmp_path):
+    rows = [{"checkpoint": "base", "metric": "acc", "value": 50.0, "ci_low": None},
+            {"checkpoint": "epoch_0", "metric": "acc", "value": np.float64(75.0), "ci_low": 60.0}]
+    table = write_records(rows, ["checkpoint", "metric", "value", "ci_low"], tmp_path / "i.csv", tmp_path / "i.json")
+    assert (tmp_path / "i.csv").read_text() == "checkpoint,metric,value,ci_low\nbase,acc,50.0,\nepoch_0,acc,75.0,60.0\n"
+    assert json.loads((tmp_path / "i.json").read_text())[1] == {"checkpoint": "epoch_0", "metric": "acc", "value": 75.0,
+                                                               "ci_low": 60.0}
+    assert list(table.columns) == ["checkpoint", "metric", "value", "ci_low"]
+
+
+def _generate_module():
+    import importlib.util
+
+    from helpers import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("medcap_recipe_generate_report", REPO_ROOT / "recipes" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _predictions_csv(path, right, images=10, per_image=4):
+    """images x per_image yes/no questions; `right` = the ids answered right."""
+    rows = [{"id": f"q{i}", "image": f"/data/img{i // per_image}.png", "question": f"Is there a spot {i}?",
+             "reference": "yes", "answer_type": "CLOSED", "question_type": "PRES",
+             "prediction": "yes" if i in right else "no"} for i in range(images * per_image)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def test_generate_report_only_compares_with_base_and_the_blank_run(tmp_path):
+    """recipes/generate.py report_only=True: from predictions on disk (no model), each checkpoint
+    minus base and minus {run_dir}/eval_blank's same checkpoint, in comparisons.csv and the report."""
+    from omegaconf import OmegaConf
+
+    run_dir, eval_dir = tmp_path / "run", tmp_path / "run" / "eval"
+    _predictions_csv(eval_dir / "base/predictions.csv", right=set(range(0, 40, 4)))  # 10 of 40
+    _predictions_csv(eval_dir / "epoch_0/predictions.csv", right=set(range(30)))  # 30 of 40
+    _predictions_csv(run_dir / "eval_blank/epoch_0/predictions.csv", right=set(range(20)))  # 20 of 40
+    (eval_dir / "metrics_by_epoch.json").write_text(json.dumps([
+        {"checkpoint": "base", "epoch": None, "closed_accuracy": 25.0},
+        {"checkpoint": "epoch_0", "epoch": 0, "closed_accuracy": 75.0}]))
+    cfg = OmegaConf.create({"run_dir": str(run_dir), "output_dir": str(eval_dir), "report_only": True,
+                            "plot_metrics": ["closed_accuracy"], "bootstrap": {"resamples": 500}})
+    module = _generate_module()
+    recipe = module.GenerationRecipe(cfg)
+    recipe.rebuild_report()
+
+    comparisons = pd.read_csv(eval_dir / "comparisons.csv")
+    closed = comparisons[comparisons["metric"] == "closed_accuracy"].set_index("against")
+    assert list(closed.index) == ["base", "blank images"] and set(closed["checkpoint"]) == {"epoch_0"}
+    assert closed.loc["base", "difference"] == pytest.approx(50.0)  # 75 - 25
+    assert closed.loc["base", "wrong_to_right"] == 22 and closed.loc["base", "right_to_wrong"] == 2
+    assert closed.loc["blank images", "difference"] == pytest.approx(25.0)  # 75 - 50
+    assert closed.loc["blank images", "right_to_wrong"] == 0 and closed.loc["blank images", "wrong_to_right"] == 10
+    assert closed.loc["blank images", "resampled"] == "image" and closed.loc["blank images", "n_clusters"] == 10
+    # the 10 gained questions sit on 3 of the 10 images: some resamples of whole images draw none
+    assert 0.0 <= closed.loc["blank images", "ci_low"] <= 25.0 <= closed.loc["blank images", "ci_high"]
+    assert closed.loc["base", "ci_low"] > 0 and closed.loc["base", "mcnemar_p"] < 0.001
+    intervals = pd.read_csv(eval_dir / "intervals_by_epoch.csv")
+    base_closed = intervals[(intervals["checkpoint"] == "base") & (intervals["metric"] == "closed_accuracy")].iloc[0]
+    assert base_closed["value"] == pytest.approx(25.0) and base_closed["n"] == 40 and base_closed["n_clusters"] == 10
+    page = (eval_dir / "report.html").read_text()
+    assert "<h3>vs base</h3>" in page and "<h3>vs blank images</h3>" in page
+    assert "resampling whole images (10 images for 40 questions" in page
+    # a blank-image run is not compared with itself; compare_to={} switches the comparison off
+    for extra in ({"blank_images": True}, {"compare_to": {}}):
+        recipe = module.GenerationRecipe(OmegaConf.merge(cfg, extra))
+        recipe.rebuild_report()
+        against = set(pd.read_csv(eval_dir / "comparisons.csv")["against"])
+        assert against == {"base"}
+    # predictions of other questions are not compared (a warning), the rest still is
+    _predictions_csv(run_dir / "eval_blank/epoch_0/predictions.csv", right=set(), images=5)
+    module.GenerationRecipe(cfg).rebuild_report()
+    assert set(pd.read_csv(eval_dir / "comparisons.csv")["against"]) == {"base"}
+    with pytest.raises(FileNotFoundError, match="report_only=True but .*metrics_by_epoch.json does not exist"):
+        module.GenerationRecipe(OmegaConf.merge(cfg, {"output_dir": str(tmp_path / "none")})).rebuild_report()
+    with pytest.raises(ValueError, match="bootstrap: unknown key 'resample'"):
+        module.GenerationRecipe(OmegaConf.merge(cfg, {"bootstrap": {"resample": "image"}}))
