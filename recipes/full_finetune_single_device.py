@@ -36,6 +36,7 @@ from medcap.checkpoint import atomic_write, load_image_encoder_weights, load_rec
 from medcap.checkpoint.decoder import load_frozen_decoder
 from medcap.data import build_sampler, check_transform_fits_model
 from medcap.models import set_train_mode, set_trainable
+from medcap.training import optimizer_param_groups
 
 log = logging.getLogger("medcap")
 
@@ -43,7 +44,7 @@ log = logging.getLogger("medcap")
 CONFIG_KEYS = (
     "output_dir", "model", "model_transform", "checkpointer", "dataset", "loss", "collate_fn", "seed", "shuffle",
     "group_by_length", "batch_size", "epochs", "max_steps_per_epoch", "gradient_accumulation_steps", "num_workers",
-    "trainable", "trainable_last_k_blocks", "vision_checkpoint", "resume_from_checkpoint", "optimizer",
+    "trainable", "trainable_last_k_blocks", "vision_checkpoint", "resume_from_checkpoint", "optimizer", "optimizer_groups",
     "optimizer_in_bwd", "lr_scheduler", "clip_grad_norm", "device", "dtype", "enable_activation_checkpointing",
     "metric_logger", "log_every_n_steps", "log_peak_memory_stats",
 )
@@ -55,7 +56,8 @@ class FullFinetuneRecipeSingleDevice:
     Components (``_component_`` nodes): ``model``, ``model_transform`` (tokenizer + image transform
     + ``max_seq_len``; the model gives the number of image tokens), ``checkpointer`` (where the
     frozen decoder's weights are), ``dataset``, ``loss``, ``collate_fn`` (a dotted path),
-    ``optimizer`` (AdamW or bitsandbytes AdamW8bit), ``lr_scheduler``, ``metric_logger``.
+    ``optimizer`` (AdamW or bitsandbytes AdamW8bit; ``optimizer_groups`` overrides its arguments for
+    the ``vision_tower`` or the ``projector``, e.g. a lower tower rate), ``lr_scheduler``, ``metric_logger``.
     Knobs (all overridable as ``key=value``): ``device`` (cpu/cuda), ``dtype`` (fp32/bf16), ``seed``,
     ``epochs``, ``max_steps_per_epoch``, ``batch_size``, ``shuffle``, ``group_by_length`` (both
     honoured together), ``gradient_accumulation_steps``, ``num_workers``, ``optimizer_in_bwd``,
@@ -78,6 +80,8 @@ class FullFinetuneRecipeSingleDevice:
         self._optimizer_in_bwd = cfg.get("optimizer_in_bwd", False)
         self._clip_grad_norm = cfg.get("clip_grad_norm", None)
         self._log_every_n_steps = cfg.get("log_every_n_steps", 1)
+        scheduler_cfg = cfg.get("lr_scheduler", None)
+        self._cfg_has_scheduler = scheduler_cfg is not None and scheduler_cfg.get("_component_") is not None
         self._log_peak_memory_stats = cfg.get("log_peak_memory_stats", True)
         self._resume_from_checkpoint = cfg.get("resume_from_checkpoint", False)
         if self._optimizer_in_bwd and (self._gradient_accumulation_steps > 1 or self._clip_grad_norm):
@@ -111,7 +115,7 @@ class FullFinetuneRecipeSingleDevice:
         )
         self._loss_fn = medcap_config.instantiate(cfg.loss)
 
-        self._setup_optimizer(cfg.optimizer)
+        self._setup_optimizer(cfg.optimizer, cfg.get("optimizer_groups", None))
         steps_per_epoch = math.ceil(len(self._dataloader) / self._gradient_accumulation_steps)
         if self.max_steps_per_epoch is not None:
             steps_per_epoch = min(steps_per_epoch, self.max_steps_per_epoch)
@@ -143,15 +147,23 @@ class FullFinetuneRecipeSingleDevice:
         self._trainable_params = [named[name] for name in self._trainable_names]
         return model
 
-    def _setup_optimizer(self, cfg_optimizer: DictConfig) -> None:
+    def _setup_optimizer(self, cfg_optimizer: DictConfig, cfg_groups: Optional[DictConfig]) -> None:
+        named = dict(self._model.named_parameters())
+        groups = OmegaConf.to_container(cfg_groups, resolve=True) if cfg_groups else {}
+        param_groups = optimizer_param_groups(named, self._trainable_names, groups)
         if self._optimizer_in_bwd:
-            optim_dict = {p: medcap_config.instantiate(cfg_optimizer, [p]) for p in self._trainable_params}
+            if groups and self._cfg_has_scheduler:
+                raise ValueError(
+                    "optimizer_groups with optimizer_in_bwd=True and an lr_scheduler: torchtune's in-backward "
+                    "wrapper gives every parameter the first group's rate; drop one of the three"
+                )
+            overrides = {id(p): {k: v for k, v in g.items() if k not in ("params", "name")} for g in param_groups for p in g["params"]}
+            optim_dict = {p: medcap_config.instantiate(cfg_optimizer, [p], **overrides[id(p)]) for p in self._trainable_params}
             training.register_optim_in_bwd_hooks(model=self._model, optim_dict=optim_dict)
-            named = dict(self._model.named_parameters())
             self._optim_wrapper = training.OptimizerInBackwardWrapper({n: optim_dict[named[n]] for n in self._trainable_names})
             self._optimizer = None
         else:
-            self._optimizer = medcap_config.instantiate(cfg_optimizer, self._trainable_params)
+            self._optimizer = medcap_config.instantiate(cfg_optimizer, param_groups)
 
     def _setup_lr_scheduler(self, cfg_lr_scheduler: Optional[DictConfig], num_training_steps: int):
         if cfg_lr_scheduler is None or cfg_lr_scheduler.get("_component_") is None:  # null, or `lr_scheduler=null` on the CLI
@@ -271,6 +283,8 @@ class FullFinetuneRecipeSingleDevice:
 
     def _log(self, loss: float, lr: float, grad_norm: Optional[torch.Tensor], tokens_per_second: float) -> None:
         metrics = {"loss": loss, "lr": lr, "tokens_per_second": tokens_per_second}
+        if self._optimizer is not None and len(self._optimizer.param_groups) > 1:  # per-part rates
+            metrics.update({f"lr_{group['name']}": group["lr"] for group in self._optimizer.param_groups})
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
         if self._log_peak_memory_stats:

@@ -432,3 +432,31 @@ def test_lr_scheduler_null_on_the_command_line_switches_it_off(train_module, tin
     recipe = _setup(train_module, tiny_assets, tmp_path, "lr_scheduler._component_=null")
     assert recipe._lr_scheduler is None
     assert recipe._optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)  # the configured rate, no warm-up
+
+
+def test_optimizer_groups_give_the_tower_and_the_projector_their_own_settings(train_module, tiny_assets, tmp_path):
+    """ms-swift's --vit_lr / --aligner_lr: per-part rates and weight decay, scheduled together."""
+    recipe = _setup(train_module, tiny_assets, tmp_path, "optimizer_groups.vision_tower.lr=1e-4",
+                    "optimizer_groups.vision_tower.weight_decay=0.05", "lr_scheduler=null")
+    groups = {group["name"]: group for group in recipe._optimizer.param_groups}
+    assert set(groups) == {"vision_tower", "projector"}
+    assert (groups["vision_tower"]["lr"], groups["vision_tower"]["weight_decay"]) == (1e-4, 0.05)
+    assert (groups["projector"]["lr"], groups["projector"]["weight_decay"]) == (1e-3, 0.0)  # the optimizer node's
+    tower = {id(p) for p in recipe._model.image_encoder.vision_tower.parameters()}
+    assert all(id(p) in tower for p in groups["vision_tower"]["params"])
+    assert not any(id(p) in tower for p in groups["projector"]["params"])
+    # a tower rate of 0 freezes the tower's weights while the projector trains
+    frozen = _train(train_module, tiny_assets, tmp_path / "zero", "optimizer_groups.vision_tower.lr=0.0",
+                    "epochs=1", "max_steps_per_epoch=2", "lr_scheduler=null")
+    initial = load_file(tiny_assets["vision"] / "open_clip_model.safetensors")
+    trained = load_file(tmp_path / "zero/epoch_0/image_encoder.safetensors")
+    assert all(torch.equal(trained[f"vision_tower.{k}"], v) for k, v in initial.items())
+    projector = {k: v for k, v in frozen._model.image_encoder.projector.state_dict().items()}
+    assert _logged(tmp_path / "zero", "lr_projector") == [1e-3, 1e-3] and projector
+
+
+def test_optimizer_groups_naming_a_frozen_or_unknown_part_are_errors(train_module, tiny_assets, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown part\(s\) \['tower'\]"):
+        _setup(train_module, tiny_assets, tmp_path, "optimizer_groups.tower.lr=1e-4")
+    with pytest.raises(ValueError, match=r"names \['vision_tower'\], which has no trainable parameter"):
+        _setup(train_module, tiny_assets, tmp_path, "optimizer_groups.vision_tower.lr=1e-4", "trainable=projector")
