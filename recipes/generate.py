@@ -12,8 +12,8 @@ prediction, answer_type, ...) and ``metrics.json`` (the flat metrics plus ``inte
 ``bootstrap``); across checkpoints ``metrics_by_epoch.csv`` and ``.json``,
 ``intervals_by_epoch.csv``/``.json`` (95% bootstrap intervals), ``comparisons.csv``/``.json``
 (each checkpoint minus base, and minus a blank-image run when one exists), a plot and a
-self-contained ``report.html``. ``report_only=True`` rebuilds the tables and the report from the
-predictions already in ``output_dir`` (no model), e.g. after the blank-image run.
+self-contained ``report.html``. ``report_only=True`` rescores the predictions already in
+``output_dir`` and rewrites those files (no model), e.g. after the blank-image run.
 """
 
 import json
@@ -69,8 +69,8 @@ class GenerationRecipe:
     ``bootstrap`` (``{resamples, confidence, seed, unit: auto|image|question}``; null: no
     intervals or comparisons); ``compare_to`` (``{name: eval_dir}``: each checkpoint minus that
     evaluation's same-named checkpoint; default ``{blank images: run_dir/eval_blank}`` when that
-    folder exists and this is not a blank-image run; ``{}``: none); ``report_only`` (rebuild
-    tables, comparisons and report from ``output_dir``'s predictions, no model).
+    folder exists and this is not a blank-image run; ``{}``: none); ``report_only`` (rescore
+    ``output_dir``'s predictions and rewrite metrics, comparisons and report, no model).
     """
 
     def __init__(self, cfg: DictConfig) -> None:
@@ -246,35 +246,46 @@ class GenerationRecipe:
             checkpoint_dir = self._output_dir / name
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(checkpoint_dir / "predictions.csv", lambda temp, f=frame: f.to_csv(temp, index=False))
-            scores = score_predictions(frame, meteor=cfg.get("meteor", True))
-            if self._train_records is not None:
-                scores.update(answer_form_rates(frame, self._train_records))
-            scores.update(samples_per_second=len(frame) / seconds, skipped=skipped)
-            saved = dict(scores)
-            if self._bootstrap is not None:
-                found_intervals[name] = prediction_intervals(frame, self._train_records, self._bootstrap)
-                saved.update(intervals=intervals_json(found_intervals[name][0]), bootstrap=found_intervals[name][1])
-            atomic_write(checkpoint_dir / "metrics.json", lambda temp, s=saved: Path(temp).write_text(json.dumps(s, indent=1)))
+            scores, found_intervals[name] = self._score(name, frame, samples_per_second=len(frame) / seconds, skipped=skipped)
             epoch = int(name.split("_")[1]) if name.startswith("epoch_") and name.split("_")[1].isdigit() else None
             rows.append({"checkpoint": name, "epoch": epoch, **scores})
             frames[name] = frame
             log.info("%s: %s", name, {k: round(v, 2) for k, v in scores.items() if isinstance(v, float) and "/" not in k})
         return self._write_evaluation(rows, frames, found_intervals)
 
+    def _score(self, name: str, frame: pd.DataFrame, **extra: Any) -> Tuple[Dict[str, Any], Optional[Tuple]]:
+        """Metrics of one checkpoint's predictions (+ ``extra``) and their intervals; writes
+        ``{output_dir}/{name}/metrics.json`` (flat metrics, ``intervals``, ``bootstrap``)."""
+        scores = score_predictions(frame, meteor=self._cfg.get("meteor", True))
+        if self._train_records is not None:
+            scores.update(answer_form_rates(frame, self._train_records))
+        scores.update(extra)
+        saved, found = dict(scores), None
+        if self._bootstrap is not None:
+            found = prediction_intervals(frame, self._train_records, self._bootstrap)
+            saved.update(intervals=intervals_json(found[0]), bootstrap=found[1])
+        path = self._output_dir / name / "metrics.json"
+        atomic_write(path, lambda temp: Path(temp).write_text(json.dumps(saved, indent=1)))
+        return scores, found
+
     def rebuild_report(self) -> pd.DataFrame:
-        """``report_only=True``: tables, intervals, comparisons and report from the predictions
-        already in ``output_dir`` (the checkpoints of its ``metrics_by_epoch.json``), no model."""
+        """``report_only=True``: rescore the predictions already in ``output_dir`` (the
+        checkpoints of its ``metrics_by_epoch.json``; their samples/s and skipped counts are
+        kept) and rewrite metrics, intervals, comparisons and the report; no model is built."""
         metrics_path = self._output_dir / "metrics_by_epoch.json"
         if not metrics_path.is_file():
             raise FileNotFoundError(f"report_only=True but {metrics_path} does not exist: run the evaluation first")
-        rows = json.loads(metrics_path.read_text())
-        frames = {}
-        for row in rows:
-            predictions = self._output_dir / row["checkpoint"] / "predictions.csv"
+        rows, frames, found_intervals = [], {}, {}
+        for old in json.loads(metrics_path.read_text()):
+            name = old["checkpoint"]
+            predictions = self._output_dir / name / "predictions.csv"
             if not predictions.is_file():
                 raise FileNotFoundError(f"report_only=True: {predictions} (listed in {metrics_path}) does not exist")
-            frames[row["checkpoint"]] = pd.read_csv(predictions, dtype=str, keep_default_na=False)
-        return self._write_evaluation(rows, frames)
+            frames[name] = pd.read_csv(predictions, dtype=str, keep_default_na=False)
+            kept = {key: old[key] for key in ("samples_per_second", "skipped") if key in old}
+            scores, found_intervals[name] = self._score(name, frames[name], **kept)
+            rows.append({"checkpoint": name, "epoch": old.get("epoch"), **scores})
+        return self._write_evaluation(rows, frames, found_intervals)
 
     def _compare_to(self) -> Dict[str, Path]:
         """Other evaluations each checkpoint is compared with: name -> output dir."""

@@ -25,6 +25,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import PIL.Image  # noqa: E402
 
@@ -88,6 +89,10 @@ def write_records(rows: List[Dict[str, Any]], columns: Sequence[str], path_csv: 
         pandas.DataFrame: the table as written.
     """
     table = pd.DataFrame(rows, columns=list(columns))
+    for column in columns:  # counts stay integers beside missing values (not 3.0)
+        present = [row.get(column) for row in rows if row.get(column) is not None]
+        if present and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in present):
+            table[column] = table[column].astype("Int64")
     records = [{column: _json_value(row.get(column)) for column in columns} for row in rows]
     atomic_write(Path(path_csv), lambda temp: table.to_csv(temp, index=False))
     atomic_write(Path(path_json), lambda temp: Path(temp).write_text(json.dumps(records, indent=1) + "\n"))

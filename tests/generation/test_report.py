@@ -265,13 +265,15 @@ def test_html_report_intervals_and_differences(tmp_path, predictions):
 
 
 def test_write_records(tmp_path):
-    rows = [{"checkpoint": "base", "metric": "acc", "value": 50.0, "ci_low": None},
-            {"checkpoint": "epoch_0", "metric": "acc", "value": np.float64(75.0), "ci_low": 60.0}]
-    table = write_records(rows, ["checkpoint", "metric", "value", "ci_low"], tmp_path / "i.csv", tmp_path / "i.json")
-    assert (tmp_path / "i.csv").read_text() == "checkpoint,metric,value,ci_low\nbase,acc,50.0,\nepoch_0,acc,75.0,60.0\n"
+    rows = [{"checkpoint": "base", "metric": "acc", "value": 50.0, "ci_low": None, "flips": None},
+            {"checkpoint": "epoch_0", "metric": "acc", "value": np.float64(75.0), "ci_low": 60.0, "flips": 3}]
+    columns = ["checkpoint", "metric", "value", "ci_low", "flips"]
+    table = write_records(rows, columns, tmp_path / "i.csv", tmp_path / "i.json")
+    assert (tmp_path / "i.csv").read_text() == (
+        "checkpoint,metric,value,ci_low,flips\nbase,acc,50.0,,\nepoch_0,acc,75.0,60.0,3\n")  # a count stays an integer
     assert json.loads((tmp_path / "i.json").read_text())[1] == {"checkpoint": "epoch_0", "metric": "acc", "value": 75.0,
-                                                               "ci_low": 60.0}
-    assert list(table.columns) == ["checkpoint", "metric", "value", "ci_low"]
+                                                               "ci_low": 60.0, "flips": 3}
+    assert list(table.columns) == columns
 
 
 def _generate_module():
@@ -304,14 +306,21 @@ def test_generate_report_only_compares_with_base_and_the_blank_run(tmp_path):
     _predictions_csv(eval_dir / "epoch_0/predictions.csv", right=set(range(30)))  # 30 of 40
     _predictions_csv(run_dir / "eval_blank/epoch_0/predictions.csv", right=set(range(20)))  # 20 of 40
     (eval_dir / "metrics_by_epoch.json").write_text(json.dumps([
-        {"checkpoint": "base", "epoch": None, "closed_accuracy": 25.0},
-        {"checkpoint": "epoch_0", "epoch": 0, "closed_accuracy": 75.0}]))
+        {"checkpoint": "base", "epoch": None, "closed_accuracy": 1.0, "samples_per_second": 2.5},
+        {"checkpoint": "epoch_0", "epoch": 0, "closed_accuracy": 2.0, "samples_per_second": 3.5}]))
     cfg = OmegaConf.create({"run_dir": str(run_dir), "output_dir": str(eval_dir), "report_only": True,
                             "plot_metrics": ["closed_accuracy"], "bootstrap": {"resamples": 500}})
     module = _generate_module()
     recipe = module.GenerationRecipe(cfg)
     recipe.rebuild_report()
 
+    # rescored from the predictions (the stale 1.0 / 2.0 are replaced), the timing kept
+    table = pd.read_csv(eval_dir / "metrics_by_epoch.csv")
+    assert table["closed_accuracy"].tolist() == [25.0, 75.0] and table["samples_per_second"].tolist() == [2.5, 3.5]
+    assert "medevalkit_accuracy" in table.columns
+    saved = json.loads((eval_dir / "epoch_0/metrics.json").read_text())
+    assert saved["closed_accuracy"] == 75.0 and saved["intervals"]["closed_accuracy"]["n"] == 40
+    assert saved["bootstrap"]["resampled"] == "image" and saved["bootstrap"]["n_resamples"] == 500
     comparisons = pd.read_csv(eval_dir / "comparisons.csv")
     closed = comparisons[comparisons["metric"] == "closed_accuracy"].set_index("against")
     assert list(closed.index) == ["base", "blank images"] and set(closed["checkpoint"]) == {"epoch_0"}
