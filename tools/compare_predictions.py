@@ -31,32 +31,8 @@ from typing import Any, Dict, List, Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medcap.metrics.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, RESAMPLE_UNITS  # noqa: E402
+from medcap.metrics.predictions import read_predictions_csv  # noqa: E402
 from medcap.metrics.vqa import PROTOCOLS  # noqa: E402
-
-REQUIRED_COLUMNS = ("question", "reference", "prediction", "answer_type")
-
-
-def read_table(path: Path):
-    """A predictions CSV, every cell as text ("None", "NA" are answers); required columns checked.
-
-    Raises:
-        FileNotFoundError: if the file does not exist.
-        ValueError: on an empty file or a missing column (naming the file and the column).
-    """
-    import pandas as pd
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except pd.errors.EmptyDataError:
-        raise ValueError(f"{path}: empty file, expected a header with columns {', '.join(REQUIRED_COLUMNS)}")
-    for column in REQUIRED_COLUMNS:
-        if column not in frame.columns:
-            raise ValueError(f"{path}: missing column {column!r} (found: {', '.join(map(str, frame.columns))}; "
-                             f"required: {', '.join(REQUIRED_COLUMNS)})")
-    return frame
-
 
 def _row_label(frame, row: int) -> str:
     return str(frame["id"].iloc[row]) if "id" in frame.columns else f"row {row + 1}"
@@ -87,7 +63,7 @@ def compare_files(
     """
     from medcap.metrics.predictions import Bootstrap, compare_frames, comparison_record
 
-    a, b = read_table(a_path), read_table(b_path)
+    a, b = read_predictions_csv(a_path), read_predictions_csv(b_path)
     train_records = json.loads(Path(train_json).read_text()) if train_json else None
 
     comparisons, description, b = compare_frames(

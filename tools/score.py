@@ -30,11 +30,12 @@ from typing import Any, Dict, Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medcap.metrics.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, RESAMPLE_UNITS  # noqa: E402
+from medcap.metrics.predictions import PREDICTION_COLUMNS, read_predictions_csv  # noqa: E402
 from medcap.metrics.vqa import PROTOCOLS, metrics_for_protocols, normalize_answer_type, vqa_scores  # noqa: E402
 
 ALL_VALUES = "(all)"  # the --by table's last row: every row of the file
 
-REQUIRED_COLUMNS = ("question", "reference", "prediction", "answer_type")
+REQUIRED_COLUMNS = PREDICTION_COLUMNS
 QUESTION_TYPE_COLUMN = "question_type"
 
 
@@ -52,20 +53,7 @@ def read_predictions(path: Path):
         ValueError: if a required column is missing (naming the file and the column) or a row's
             answer_type is not CLOSED/OPEN (naming the file, the row and the value).
     """
-    import pandas as pd
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except pd.errors.EmptyDataError:
-        raise ValueError(f"{path}: empty file, expected a header with columns {', '.join(REQUIRED_COLUMNS)}")
-    for column in REQUIRED_COLUMNS:
-        if column not in frame.columns:
-            raise ValueError(
-                f"{path}: missing column {column!r} (found: {', '.join(map(str, frame.columns))}; "
-                f"required: {', '.join(REQUIRED_COLUMNS)})"
-            )
+    frame = read_predictions_csv(path)
     for row, answer_type in enumerate(frame["answer_type"], start=1):
         if normalize_answer_type(answer_type) is None:
             raise ValueError(

@@ -26,6 +26,31 @@ from medcap.metrics.stats import (
 )
 from medcap.metrics.vqa import is_binary_key, normalize_answer, vqa_row_scores
 
+
+PREDICTION_COLUMNS = ("question", "reference", "prediction", "answer_type")
+
+
+def read_predictions_csv(path) -> pd.DataFrame:
+    """A predictions CSV, every cell as text ("None", "NA" are answers); the required columns checked.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: on an empty file or a missing column (naming the file and the column).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: empty file, expected a header with columns {', '.join(PREDICTION_COLUMNS)}")
+    for column in PREDICTION_COLUMNS:
+        if column not in frame.columns:
+            raise ValueError(
+                f"{path}: missing column {column!r} (found: {', '.join(map(str, frame.columns))}; "
+                f"required: {', '.join(PREDICTION_COLUMNS)})"
+            )
+    return frame
+
 # per-row 0/1 metrics outside vqa.py (McNemar applies)
 EXTRA_BINARY_METRICS = frozenset({"well_formed"})
 MATCH_COLUMNS = ("question", "reference", "answer_type")
