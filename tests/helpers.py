@@ -39,3 +39,24 @@ def build_tiny_model(tiny_assets, output: str = "pooled", projector: str = "medc
     else:
         proj = mlp_projector(tower.out_dim, 64)
     return medcap_model(decoder, tower, proj, image_token_id=TINY_VOCAB_SIZE)
+
+
+def load_script(relative_path: str):
+    """A recipe or tool file loaded as a fresh module (``recipes/`` is not a package: torchtune owns that name)."""
+    import importlib.util
+
+    path = REPO_ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(f"medcap_script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def logged_values(output_dir: Path, key: str = "loss"):
+    """Values of ``key`` in the DiskLogger files of a run, in step order."""
+    import re
+
+    lines = []
+    for log in sorted((Path(output_dir) / "logs").glob("log_*.txt")):
+        lines += log.read_text().splitlines()
+    return [float(re.search(rf"\b{key}:([-0-9.e+a-z]+)", line).group(1)) for line in lines if f" {key}:" in line]

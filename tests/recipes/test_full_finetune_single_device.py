@@ -1,8 +1,6 @@
 """The single-device recipe on the tiny CPU config: golden losses, exact resume, CLI forms, knobs."""
 
-import importlib.util
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -10,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, load_script, logged_values
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
@@ -21,10 +19,7 @@ GOLDEN_LOSSES = [5.537531, 5.670187, 5.584963, 5.512260]
 
 
 def _recipe_module():
-    spec = importlib.util.spec_from_file_location("medcap_recipe_single_device", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("recipes/full_finetune_single_device.py")
 
 
 def _config(tiny_assets, output_dir: Path, *overrides: str):
@@ -43,11 +38,7 @@ def _run(tiny_assets, output_dir: Path, *overrides: str):
     return recipe
 
 
-def _logged(output_dir: Path, key: str = "loss"):
-    lines = []
-    for log in sorted((output_dir / "logs").glob("log_*.txt")):
-        lines += log.read_text().splitlines()
-    return [float(re.search(rf"{key}:([-0-9.e]+)", line).group(1)) for line in lines if f"{key}:" in line]
+_logged = logged_values
 
 
 @pytest.fixture(scope="module")

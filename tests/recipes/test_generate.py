@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, load_script
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
@@ -20,12 +20,7 @@ GENERATE_CONFIG = REPO_ROOT / "recipes/configs/medcap/generate_tiny_cpu.yaml"
 
 
 def _load_recipe(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"medcap_recipe_{name}", REPO_ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"recipes/{name}.py")
 
 
 @pytest.fixture(scope="module")

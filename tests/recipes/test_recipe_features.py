@@ -6,16 +6,14 @@ without shuffling. Generation: the eval transform after an augmented run, blank 
 exemplars.
 """
 
-import importlib.util
 import math
-import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, load_script, logged_values
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
@@ -28,10 +26,7 @@ ONE_STEP = ("epochs=1", "max_steps_per_epoch=1", "lr_scheduler=null")
 
 
 def _load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"medcap_features_{name}", REPO_ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"recipes/{name}.py")
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +58,7 @@ def _train(train_module, tiny_assets, output_dir: Path, *overrides: str):
     return recipe
 
 
-def _logged(output_dir: Path, key: str = "loss"):
-    lines = []
-    for log in sorted((output_dir / "logs").glob("log_*.txt")):
-        lines += log.read_text().splitlines()
-    return [float(re.search(rf"\b{key}:([-0-9.e+a-z]+)", line).group(1)) for line in lines if f" {key}:" in line]
+_logged = logged_values
 
 
 def _first_step_gradients(recipe):
