@@ -67,6 +67,11 @@ slake-cpu: $(STAMP)
 	$(PY) tools/demo_summary.py --run-dir $(SLAKE_RUN) --train-json $(SLAKE_DATA)/slake_train.json \
 		--test-json $(SLAKE_DATA)/slake_test.json --extra-eval "blank images=$(SLAKE_RUN)/eval_blank"
 
+# benchmarks against the Hugging Face LLaVA peer (bench/README.md, docs/perf.md): bench-only requirements
+.PHONY: bench-install
+bench-install: $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 

@@ -18,6 +18,13 @@ The peer runs on the first ``--peer-limit`` questions only (it is slow) and its 
 extrapolated to the rest; ours runs on all ``--limit`` questions and, for a like-for-like ratio,
 again on the same first ``--peer-limit``. Images are loaded and transformed once, beforehand, for
 both (timed apart). Prints questions/s, tokens/s, how many answers agree, and the ratio.
+
+``--peers hf`` (in the default ``loop hf``) adds the Hugging Face peer: ``transformers``'
+``LlavaForConditionalGeneration.generate`` (KV cache, greedy, left padding + attention mask, batches
+of ``--batch-size``) against ours on a model both can express (``bench/llava_peer.py``): the same
+SmolLM2-135M-Instruct decoder + a ViT-S/16-sized CLIP tower at ``--hf-image-size`` (32 px: 4 image
+tokens, as the demo model) + MLP projector, weights copied from ours, on the first ``--hf-limit``
+questions, the two sides alternating batch by batch; answers compared token for token.
 """
 
 import argparse
@@ -47,6 +54,10 @@ def parse_args() -> argparse.Namespace:
                         help="torch intra-op threads; 1 unless the machine is otherwise idle (OpenMP threads "
                              "that share a core with another busy process run many times slower)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the untrained image side")
+    parser.add_argument("--peers", nargs="+", choices=["loop", "hf"], default=["loop", "hf"],
+                        help="loop: medcap's per-sample no-cache loop; hf: transformers' LLaVA generate")
+    parser.add_argument("--hf-limit", type=int, default=128, help="questions answered by both in the HF comparison")
+    parser.add_argument("--hf-image-size", type=int, default=32, help="CLIP tower input side of the HF comparison")
     return parser.parse_args()
 
 
@@ -120,6 +131,84 @@ def timed(function, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
+def answer_hf(peer, prompts, images, batch_size: int, pad_id: int, stop_tokens, max_new_tokens: int) -> List[List[int]]:
+    """``LlavaForConditionalGeneration.generate``: left-padded batches, attention mask, greedy, KV cache."""
+    import torch
+    import llava_peer as lp
+
+    outputs = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start: start + batch_size]
+        longest = max(len(p) for p in chunk)
+        input_ids = torch.full((len(chunk), longest), pad_id, dtype=torch.long)  # [b, s], left padding
+        attention_mask = torch.zeros((len(chunk), longest), dtype=torch.long)
+        for row, prompt in enumerate(chunk):
+            ids = torch.tensor(prompt)
+            input_ids[row, longest - len(prompt):] = ids.masked_fill(ids == lp.OUR_IMAGE_TOKEN_ID, lp.PEER_IMAGE_TOKEN_ID)
+            attention_mask[row, longest - len(prompt):] = 1
+        generated = peer.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                  pixel_values=images[start: start + batch_size], max_new_tokens=max_new_tokens,
+                                  do_sample=False, use_cache=True, eos_token_id=list(stop_tokens), pad_token_id=pad_id)
+        for row in generated[:, longest:].tolist():
+            cut = next((i for i, token in enumerate(row) if token in stop_tokens), len(row))
+            outputs.append(row[:cut])
+    return outputs
+
+
+def compare_hf(args) -> None:
+    """Ours against ``transformers``' LLaVA ``generate`` on the same CLIP-tower model, prompts and images."""
+    import torch
+    from transformers import GenerationConfig
+
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    import llava_peer as lp
+    from medcap.data import MedcapTransform, load_image, open_clip_image_transform
+    from medcap.generation import direct_prompt
+    from medcap.models.smollm2 import smollm2_tokenizer
+
+    size = lp.size_with_image(lp.SIZES["smollm2"], args.hf_image_size)
+    ours = lp.build_ours(size, seed=args.seed, llm_dir=args.llm_dir).eval()
+    peer = lp.build_peer(ours, size).eval()
+    peer.generation_config = GenerationConfig(do_sample=False, use_cache=True)
+    tokenizer = smollm2_tokenizer(str(args.llm_dir))
+    image_transform = open_clip_image_transform(image_size=size.image_size)
+    transform = MedcapTransform(tokenizer, size.image_tokens, max_seq_len=512, image_transform=image_transform)
+    questions = read_questions(args.data, args.hf_limit)
+    prompts = [transform.tokenize(direct_prompt(q, has_image=True), add_end_tokens=False)[0] for q, _ in questions]
+    images = torch.stack([image_transform(load_image(path)) for _, path in questions])  # [n, 3, H, H]
+    stop_tokens, pad_id = list(tokenizer.stop_tokens), tokenizer.pad_id
+    decode = dict(pad_id=pad_id, stop_tokens=stop_tokens, max_new_tokens=args.max_new_tokens)
+    load_at_start = os.getloadavg()[0]
+    seconds = {"ours": 0.0, "hf": 0.0}
+    answers = {"ours": [], "hf": []}
+    runs = {"ours": lambda p, i: answer_ours(ours, p, i, args.batch_size, **decode),
+            "hf": lambda p, i: answer_hf(peer, p, i, args.batch_size, **decode)}
+    with torch.inference_mode():
+        for name in runs:  # warm-up
+            runs[name](prompts[:2], images[:2])
+        for index, start in enumerate(range(0, len(prompts), args.batch_size)):
+            chunk, chunk_images = prompts[start: start + args.batch_size], images[start: start + args.batch_size]
+            for name in (["ours", "hf"] if index % 2 == 0 else ["hf", "ours"]):  # alternate, batch by batch
+                result, took = timed(runs[name], chunk, chunk_images)
+                answers[name] += result
+                seconds[name] += took
+    n = len(prompts)
+    same = sum(a == b for a, b in zip(answers["ours"], answers["hf"]))
+    print(f"HF comparison model: SmolLM2-135M + ViT-S/16-sized CLIP tower at {size.image_size} px + MLP projector "
+          f"({size.image_tokens} image tokens), fp32, threads {args.threads}, greedy, max_new_tokens {args.max_new_tokens}, "
+          f"batch {args.batch_size}, {n} VQA-RAD test questions; load average {load_at_start:.2f} -> {os.getloadavg()[0]:.2f}")
+    for name, label in (("ours", "ours (medcap.generation.generate, KV cache)"), ("hf", "peer (LLaVA .generate, KV cache)")):
+        tokens = sum(map(len, answers[name]))
+        print(f"{label}: {seconds[name]:7.1f} s  {n / seconds[name]:6.2f} questions/s  {tokens / seconds[name]:6.1f} new tokens/s")
+    print(f"answers identical, ours vs HF generate: {same}/{n}")
+    for index in [i for i, (a, b) in enumerate(zip(answers["ours"], answers["hf"])) if a != b][:5]:
+        print(f"  differs at question {index}: ours {tokenizer.decode(answers['ours'][index])!r} | "
+              f"hf {tokenizer.decode(answers['hf'][index])!r}")
+    ratio = seconds["hf"] / seconds["ours"]
+    print(f"ratio (ours / HF generate): {ratio:.2f}x (target >= 1.5x) {'OK' if ratio >= 1.5 else 'BELOW TARGET'}")
+    print()
+
+
 def main() -> int:
     args = parse_args()
     if not (args.data / "VQA_RAD Dataset Public.json").is_file():
@@ -137,6 +226,10 @@ def main() -> int:
     from medcap.generation import direct_prompt
 
     torch.set_num_threads(args.threads)
+    if "hf" in args.peers:
+        compare_hf(args)
+    if "loop" not in args.peers:
+        return 0
     load_at_start = os.getloadavg()[0]
     start = time.perf_counter()
     model, tokenizer, image_transform = build_model(args.llm_dir, args.seed)
