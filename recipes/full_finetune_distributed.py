@@ -174,7 +174,8 @@ class FullFinetuneRecipeDistributed:
         if self._is_rank_zero:  # the single-device build: the same initial image encoder for the same seed
             with training.set_default_dtype(self._dtype), self._device:
                 reference = medcap_config.instantiate(cfg.model)
-        with training.set_default_dtype(self._dtype), torch.device("meta"):
+        with training.set_default_dtype(self._dtype), torch.device("meta"), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")  # tower weights: rank 0's below
             model = medcap_config.instantiate(cfg.model)
         broadcast_module_state(model.image_encoder, reference.image_encoder if reference is not None else None, self._device)
         del reference
