@@ -62,7 +62,7 @@ def _fmt(value: float, low: float, high: float) -> str:
 
 def markdown_table(rows: List[Dict[str, Any]]) -> str:
     """One line per (task, tower), the majority-class baseline on each task's first line."""
-    lines = ["| task | tower | C | accuracy % [95% CI] | macro-F1 % [95% CI] | vs first tower (acc, McNemar p) | majority % | test images |",
+    lines = ["| task | tower | C | accuracy % [95% CI] | macro-F1 % [95% CI] | vs first tower (acc, McNemar p) | train-majority % | test images |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
         diff = row.get("vs_first")

@@ -85,6 +85,11 @@ def model_card(
         + (" (seeded, untrained: the export is an image encoder, not a zero-shot classifier)" if export["text_tower"] == "placeholder" else ""),
         f"- timm trunk: {'`timm/` (' + export['timm']['architecture'] + ', no projection head)' if export.get('timm') else 'none (not a timm tower)'}",
         f"- projector: `projector.safetensors` ({export['projector']}) maps the tower's output to the LLM's embeddings",
+    ]
+    if info.tower_args.get("output", "pooled") == "patch":
+        lines.append("- trained on patch tokens: `encode_image` passes the pooled map through a projection head this run "
+                     "did not train; the trained features are `model.visual.trunk.forward_features(x)` (or the timm trunk's)")
+    lines += [
         "",
         "## Training",
         "",

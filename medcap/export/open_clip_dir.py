@@ -69,7 +69,6 @@ def _source_clip(model_name: str) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[
         return model_cfg, config.get("preprocess_cfg", {}), {}, "placeholder"
     if model_name.startswith("timm:"):
         return {}, {}, {}, "placeholder"
-    # an open_clip architecture name: the text tower of the same (pretrained) model
     raise ValueError(f"{model_name}: exporting open_clip-named towers is not supported; "
                      "train from a local-dir:/hf-hub: directory or a timm: tower")
 
@@ -121,8 +120,8 @@ def open_clip_export_files(
     if text_source == "placeholder":
         model_cfg["text_cfg"] = dict(PLACEHOLDER_TEXT_CFG)
         text_state = _placeholder_text_state(model_cfg)
-    model_cfg["vision_cfg"] = {**model_cfg["vision_cfg"], "timm_model_pretrained": False} \
-        if "timm_model_name" in model_cfg["vision_cfg"] else model_cfg["vision_cfg"]
+    if "timm_model_name" in model_cfg["vision_cfg"]:  # the weights are in the file: never fetch timm's
+        model_cfg["vision_cfg"] = {**model_cfg["vision_cfg"], "timm_model_pretrained": False}
     image_size = transform_args.get("image_size", tower.image_size)
     preprocess_cfg = {
         **preprocess_cfg, "size": image_size, "interpolation": "bicubic", "resize_mode": "shortest",
