@@ -14,10 +14,20 @@ prediction, answer_type, ...) and ``metrics.json`` (the flat metrics plus ``inte
 (each checkpoint minus base, and minus a blank-image run when one exists), a plot and a
 self-contained ``report.html``. ``report_only=True`` rescores the predictions already in
 ``output_dir`` and rewrites those files (no model), e.g. after the blank-image run.
+
+A rerun (say after a kill) skips every checkpoint whose ``predictions.csv`` and ``metrics.json`` are
+already written (both atomic, so present means complete) for the same questions, the same generation
+settings and a checkpoint file no newer than them, and says so in the log; ``skip_complete=False``
+redoes them.
+
+Under torchrun (``torchrun --nproc_per_node N recipes/generate.py --config ...``) every process holds
+the whole model and decodes its contiguous share of the records in its own batches; rank 0 gathers the
+answers and writes exactly the files one process writes, rows in the same order.
 """
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +39,8 @@ if __package__ in (None, ""):  # `python recipes/x.py`: make the repository root
 import pandas as pd
 import PIL.Image
 import torch
-from omegaconf import DictConfig, OmegaConf
+import torch.distributed as dist
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchtune import config, training, utils
 from tqdm import tqdm
 
@@ -67,7 +78,8 @@ class GenerationRecipe:
     ``train_source`` (optional training JSON: adds the share of answers in a trained form);
     ``blank_images`` (feed uniform gray images instead: shows whether answers use the image);
     ``bootstrap`` (``{resamples, confidence, seed, unit: auto|image|question}``; null: no
-    intervals or comparisons); ``compare_to`` (``{name: eval_dir}``: each checkpoint minus that
+    intervals or comparisons); ``skip_complete`` (default True: a rerun skips checkpoints whose
+    outputs are complete); ``compare_to`` (``{name: eval_dir}``: each checkpoint minus that
     evaluation's same-named checkpoint; default ``{blank images: run_dir/eval_blank}`` when that
     folder exists and this is not a blank-image run; ``{}``: none); ``report_only`` (rescore
     ``output_dir``'s predictions and rewrite metrics, comparisons and report, no model).
@@ -77,14 +89,20 @@ class GenerationRecipe:
         medcap_config.check_config_keys(cfg, CONFIG_KEYS, "generate")
         if not cfg.get("report_only", False):
             cfg = _with_training_config(cfg)
-        self._device = utils.get_device(cfg.get("device", "cpu"))
+        self._world_size, self._rank = _join_torchrun(cfg.get("device", "cpu"))
+        self._is_rank_zero = self._rank == 0
+        if not self._is_rank_zero:
+            logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for all
+        self._device = utils.get_device(cfg.get("device", "cpu"))  # cuda: cuda:LOCAL_RANK under torchrun
         self._dtype = training.get_dtype(cfg.get("dtype", "fp32"), device=self._device)
         self._cfg = cfg
         self._bootstrap = _bootstrap_settings(cfg.get("bootstrap", {}))
         self._output_dir = Path(cfg.output_dir)
         train_source = cfg.get("train_source", None)
         self._train_records = load_records(Path(train_source)) if train_source else None
-        training.set_seed(cfg.get("seed", 0))
+        training.set_seed(cfg.get("seed", 0))  # under torchrun: seed + rank
+        if self._world_size > 1:
+            torch.manual_seed(cfg.get("seed", 0))  # one untrained image side (the base checkpoint) on every rank
 
     def setup(self, cfg: DictConfig) -> None:
         """Build the model with its frozen decoder weights, the tokenizer and the inputs."""
@@ -205,11 +223,22 @@ class GenerationRecipe:
         self._load_image, self._image_cache = load_image, {}
 
     def _predict(self, samples: List[Dict[str, Any]]) -> pd.DataFrame:
+        """Answer every sample; under torchrun each rank answers its share and all get every answer."""
+        start, stop = _share(len(samples), self._cfg.batch_size, self._world_size, self._rank)
+        columns = self._answer_samples(samples[start:stop], offset=start)
+        if self._world_size > 1:  # answers (strings) in rank order = sample order
+            parts: List[Optional[Dict[str, List[Any]]]] = [None] * self._world_size
+            dist.all_gather_object(parts, columns)
+            columns = {key: [value for part in parts for value in part[key]] for key in columns}
+        return pd.DataFrame(samples).assign(**columns)
+
+    def _answer_samples(self, samples: List[Dict[str, Any]], offset: int = 0) -> Dict[str, List[Any]]:
+        """The ``prediction`` (and ``description``) column of consecutive samples from ``offset`` on."""
         questions = [s["question"] for s in samples]
         first_of_path: Dict[str, int] = {}
-        for index, sample in enumerate(samples):  # one image index per distinct file
+        for index, sample in enumerate(samples):  # one image index (into the whole source) per distinct file
             if sample["image"]:
-                first_of_path.setdefault(sample["image"], index)
+                first_of_path.setdefault(sample["image"], offset + index)
         images = [first_of_path[s["image"]] if s["image"] else None for s in samples]
         by_type = self._cfg.get("max_new_tokens_by_answer_type", None) or {}
         limits = [by_type.get(s["answer_type"].upper(), self._cfg.max_new_tokens) for s in samples]
@@ -217,14 +246,13 @@ class GenerationRecipe:
             unique_images = sorted(set(first_of_path.values()))
             described = dict(zip(unique_images, self._answer([None] * len(unique_images), unique_images, [None] * len(unique_images))))
             descriptions = [described.get(index) for index in images]
-            predictions = self._answer(questions, images, descriptions, limits)
-            frame = pd.DataFrame(samples).assign(prediction=predictions, description=descriptions)
-        else:
-            frame = pd.DataFrame(samples).assign(prediction=self._answer(questions, images, max_new_tokens=limits))
-        return frame
+            return {"prediction": self._answer(questions, images, descriptions, limits), "description": descriptions}
+        return {"prediction": self._answer(questions, images, max_new_tokens=limits)}
 
     def quick_look(self, image: str, prompt: str) -> None:
         """Print the answers of every selected checkpoint to one image and prompt."""
+        if not self._is_rank_zero:  # one image: nothing to share out
+            return
         self._use_images(lambda _: load_image(Path(image)))
         for name, path in self._checkpoints:
             self._load_checkpoint(path)
@@ -239,23 +267,78 @@ class GenerationRecipe:
         self._use_images(dataset.load_image)
         rows, frames, found_intervals = [], {}, {}
         for name, path in self._checkpoints:
+            complete = self._complete_outputs(name, path, samples)
+            if complete is not None:  # a rerun after a kill: this checkpoint was done
+                frames[name], scores = complete
+                found_intervals[name] = None  # recomputed from the predictions for the tables
+                rows.append({"checkpoint": name, "epoch": _epoch_of(name), **scores})
+                log.info("%s: skipped, outputs complete in %s (skip_complete=False redoes it)", name, self._output_dir / name)
+                continue
             self._load_checkpoint(path)
             start = time.perf_counter()
             frame = self._predict(samples)
             seconds = time.perf_counter() - start
+            if not self._is_rank_zero:  # rank 0 writes
+                continue
             checkpoint_dir = self._output_dir / name
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(checkpoint_dir / "predictions.csv", lambda temp, f=frame: f.to_csv(temp, index=False))
             scores, found_intervals[name] = self._score(name, frame, samples_per_second=len(frame) / seconds, skipped=skipped)
-            epoch = int(name.split("_")[1]) if name.startswith("epoch_") and name.split("_")[1].isdigit() else None
-            rows.append({"checkpoint": name, "epoch": epoch, **scores})
+            rows.append({"checkpoint": name, "epoch": _epoch_of(name), **scores})
             frames[name] = frame
             log.info("%s: %s", name, {k: round(v, 2) for k, v in scores.items() if isinstance(v, float) and "/" not in k})
+        if not self._is_rank_zero:
+            return None
         return self._write_evaluation(rows, frames, found_intervals)
 
-    def _score(self, name: str, frame: pd.DataFrame, **extra: Any) -> Tuple[Dict[str, Any], Optional[Tuple]]:
+    def _generation_settings(self) -> Dict[str, Any]:
+        """What shapes the predictions besides the questions and the weights (kept in ``metrics.json``)."""
+        cfg = self._cfg
+        keys = ("mode", "max_new_tokens", "max_new_tokens_by_answer_type", "temperature", "top_k", "seed", "few_shot",
+                "blank_images", "dtype", "model", "model_transform", "checkpointer")
+        settings = {key: OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg.get(key), DictConfig | ListConfig)
+                    else cfg.get(key) for key in keys}
+        return json.loads(json.dumps(settings))  # as read back from the file
+
+    def _complete_outputs(self, name: str, path: Optional[Path], samples: List[Dict[str, Any]]) -> Optional[Tuple[pd.DataFrame, Dict[str, Any]]]:
+        """The predictions and scores of a checkpoint already evaluated with these questions and settings
+        (rank 0 looks, every rank gets the verdict); None when it must be (re)done."""
+        found = self._find_complete_outputs(name, path, samples) if self._is_rank_zero else None
+        if self._world_size > 1:
+            verdict = [found is not None]
+            dist.broadcast_object_list(verdict, src=0)
+            return found if self._is_rank_zero else ((None, {}) if verdict[0] else None)
+        return found
+
+    def _find_complete_outputs(self, name: str, path: Optional[Path], samples: List[Dict[str, Any]]) -> Optional[Tuple[pd.DataFrame, Dict[str, Any]]]:
+        if not self._cfg.get("skip_complete", True):
+            return None
+        predictions, metrics = self._output_dir / name / "predictions.csv", self._output_dir / name / "metrics.json"
+        if not (predictions.is_file() and metrics.is_file()):  # atomic writes: present means complete
+            return None
+        saved = json.loads(metrics.read_text())
+        if saved.get("generation") != self._generation_settings():
+            log.info("%s: %s was written with other generation settings: generating again", name, metrics)
+            return None
+        weights = None if path is None else (path / IMAGE_ENCODER_FILE if path.is_dir() else path)
+        if weights is not None and weights.stat().st_mtime > metrics.stat().st_mtime:
+            log.info("%s: %s is newer than %s: generating again", name, weights, metrics)
+            return None
+        frame = pd.read_csv(predictions, dtype=str, keep_default_na=False)
+        for column in ("image", "question", "reference"):
+            expected = ["" if sample.get(column) is None else str(sample[column]) for sample in samples]
+            if column not in frame or frame[column].tolist() != expected:
+                log.info("%s: %s holds other questions: generating again", name, predictions)
+                return None
+        scores = {key: value for key, value in saved.items() if key not in ("intervals", "bootstrap", "generation")}
+        return frame, scores
+
+    def _score(
+        self, name: str, frame: pd.DataFrame, settings: Optional[Dict[str, Any]] = None, **extra: Any
+    ) -> Tuple[Dict[str, Any], Optional[Tuple]]:
         """Metrics of one checkpoint's predictions (+ ``extra``) and their intervals; writes
-        ``{output_dir}/{name}/metrics.json`` (flat metrics, ``intervals``, ``bootstrap``)."""
+        ``{output_dir}/{name}/metrics.json`` (flat metrics, ``intervals``, ``bootstrap``, and the
+        ``generation`` settings: this run's, or ``settings`` when rescoring)."""
         scores = score_predictions(frame, meteor=self._cfg.get("meteor", True))
         if self._train_records is not None:
             scores.update(answer_form_rates(frame, self._train_records))
@@ -264,6 +347,7 @@ class GenerationRecipe:
         if self._bootstrap is not None:
             found = prediction_intervals(frame, self._train_records, self._bootstrap)
             saved.update(intervals=intervals_json(found[0]), bootstrap=found[1])
+        saved["generation"] = self._generation_settings() if settings is None else settings
         path = self._output_dir / name / "metrics.json"
         atomic_write(path, lambda temp: Path(temp).write_text(json.dumps(saved, indent=1)))
         return scores, found
@@ -283,7 +367,9 @@ class GenerationRecipe:
                 raise FileNotFoundError(f"report_only=True: {predictions} (listed in {metrics_path}) does not exist")
             frames[name] = pd.read_csv(predictions, dtype=str, keep_default_na=False)
             kept = {key: old[key] for key in ("samples_per_second", "skipped") if key in old}
-            scores, found_intervals[name] = self._score(name, frames[name], **kept)
+            metrics = self._output_dir / name / "metrics.json"  # the settings the predictions were made with
+            settings = json.loads(metrics.read_text()).get("generation", {}) if metrics.is_file() else {}
+            scores, found_intervals[name] = self._score(name, frames[name], settings=settings, **kept)
             rows.append({"checkpoint": name, "epoch": old.get("epoch"), **scores})
         return self._write_evaluation(rows, frames, found_intervals)
 
@@ -362,7 +448,9 @@ class GenerationRecipe:
         return table
 
     def cleanup(self) -> None:
-        """Nothing to release: kept for the recipe interface."""
+        """Leave the process group (under torchrun)."""
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 TRAINING_KEYS = ("model", "checkpointer", "model_transform")
@@ -371,8 +459,29 @@ CONFIG_KEYS = (
     *TRAINING_KEYS, "run_dir", "checkpoints", "output_dir", "dataset", "image", "prompt", "mode", "few_shot",
     "batch_size", "max_new_tokens", "max_new_tokens_by_answer_type", "temperature", "top_k", "seed", "meteor",
     "plot_metrics", "train_source", "blank_images", "device", "dtype", "bootstrap", "compare_to", "report_only",
+    "skip_complete",
 )
 BOOTSTRAP_KEYS = ("resamples", "confidence", "seed", "unit")
+
+
+def _join_torchrun(device_name: str) -> Tuple[int, int]:
+    """World size and rank: (1, 0) without torchrun; under torchrun join its process group (gloo/nccl)."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 1, 0
+    if not dist.is_initialized():
+        device = utils.get_device(device_name)  # cuda -> cuda:LOCAL_RANK, set as this process's device
+        dist.init_process_group(backend=training.get_distributed_backend(device.type))
+    return dist.get_world_size(), dist.get_rank()
+
+
+def _share(num_samples: int, batch_size: int, world_size: int, rank: int) -> Tuple[int, int]:
+    """The rank's contiguous share ``[start, stop)`` of the samples, whole batches except the last share."""
+    per_rank = -(-num_samples // (world_size * batch_size)) * batch_size
+    return min(rank * per_rank, num_samples), min((rank + 1) * per_rank, num_samples)
+
+
+def _epoch_of(name: str) -> Optional[int]:
+    return int(name.split("_")[1]) if name.startswith("epoch_") and name.split("_")[1].isdigit() else None
 
 
 def _bootstrap_settings(node: Any) -> Optional[Bootstrap]:
@@ -420,7 +529,9 @@ def recipe_main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s: %(message)s")
     recipe = GenerationRecipe(cfg)
     if cfg.get("report_only", False):
-        recipe.rebuild_report()
+        if recipe._is_rank_zero:
+            recipe.rebuild_report()
+        recipe.cleanup()
         return
     recipe.setup(cfg)
     if cfg.get("image", None):

@@ -140,6 +140,11 @@ def main(assets: Path, out: Path, single_device_run: Path) -> None:
     recipe = generate_module.GenerationRecipe(cfg)
     recipe.setup(cfg)
     recipe.run()
+    # which rank answered which row, in which order (the tiny model's answers are alike, so label them)
+    recipe._answer_samples = lambda samples, offset=0: {
+        "prediction": [str(offset + i) for i in range(len(samples))], "description": [str(dist.get_rank())] * len(samples)}
+    frame = recipe._predict(recipe._build_dataset(cfg).samples[:7])
+    report["generation_rows"] = {"row": frame["prediction"].tolist(), "rank": frame["description"].tolist()}
 
     atomic_write_json(out / f"worker_rank{dist.get_rank()}.json", report)
     dist.destroy_process_group()
