@@ -29,6 +29,7 @@ questions, the two sides alternating batch by batch; answers compared token for 
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -58,6 +59,7 @@ def parse_args() -> argparse.Namespace:
                         help="loop: medcap's per-sample no-cache loop; hf: transformers' LLaVA generate")
     parser.add_argument("--hf-limit", type=int, default=128, help="questions answered by both in the HF comparison")
     parser.add_argument("--hf-image-size", type=int, default=32, help="CLIP tower input side of the HF comparison")
+    parser.add_argument("--profile", action="store_true", help="HF comparison: torch.profiler top operators of one batch per side")
     return parser.parse_args()
 
 
@@ -180,6 +182,8 @@ def compare_hf(args) -> None:
     decode = dict(pad_id=pad_id, stop_tokens=stop_tokens, max_new_tokens=args.max_new_tokens)
     load_at_start = os.getloadavg()[0]
     seconds = {"ours": 0.0, "hf": 0.0}
+    cpu_seconds = {"ours": 0.0, "hf": 0.0}  # this process's CPU time: robust when other jobs share the core
+    batch_ratios, cpu_ratios = [], []
     answers = {"ours": [], "hf": []}
     runs = {"ours": lambda p, i: answer_ours(ours, p, i, args.batch_size, **decode),
             "hf": lambda p, i: answer_hf(peer, p, i, args.batch_size, **decode)}
@@ -188,10 +192,24 @@ def compare_hf(args) -> None:
             runs[name](prompts[:2], images[:2])
         for index, start in enumerate(range(0, len(prompts), args.batch_size)):
             chunk, chunk_images = prompts[start: start + args.batch_size], images[start: start + args.batch_size]
+            took, cpu = {}, {}
             for name in (["ours", "hf"] if index % 2 == 0 else ["hf", "ours"]):  # alternate, batch by batch
-                result, took = timed(runs[name], chunk, chunk_images)
+                cpu_start = time.process_time()
+                result, took[name] = timed(runs[name], chunk, chunk_images)
+                cpu[name] = time.process_time() - cpu_start
                 answers[name] += result
-                seconds[name] += took
+                seconds[name] += took[name]
+                cpu_seconds[name] += cpu[name]
+            batch_ratios.append(took["hf"] / took["ours"])
+            cpu_ratios.append(cpu["hf"] / cpu["ours"])
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            for name in runs:
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    runs[name](prompts[: args.batch_size], images[: args.batch_size])
+                print(f"--- torch.profiler, one batch of {args.batch_size}, {name} (self CPU time) ---")
+                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
     n = len(prompts)
     same = sum(a == b for a, b in zip(answers["ours"], answers["hf"]))
     print(f"HF comparison model: SmolLM2-135M + ViT-S/16-sized CLIP tower at {size.image_size} px + MLP projector "
@@ -199,13 +217,18 @@ def compare_hf(args) -> None:
           f"batch {args.batch_size}, {n} VQA-RAD test questions; load average {load_at_start:.2f} -> {os.getloadavg()[0]:.2f}")
     for name, label in (("ours", "ours (medcap.generation.generate, KV cache)"), ("hf", "peer (LLaVA .generate, KV cache)")):
         tokens = sum(map(len, answers[name]))
-        print(f"{label}: {seconds[name]:7.1f} s  {n / seconds[name]:6.2f} questions/s  {tokens / seconds[name]:6.1f} new tokens/s")
+        print(f"{label}: {seconds[name]:7.1f} s ({cpu_seconds[name]:.1f} CPU s)  {n / seconds[name]:6.2f} questions/s  "
+              f"{tokens / seconds[name]:6.1f} new tokens/s")
     print(f"answers identical, ours vs HF generate: {same}/{n}")
     for index in [i for i, (a, b) in enumerate(zip(answers["ours"], answers["hf"])) if a != b][:5]:
         print(f"  differs at question {index}: ours {tokenizer.decode(answers['ours'][index])!r} | "
               f"hf {tokenizer.decode(answers['hf'][index])!r}")
     ratio = seconds["hf"] / seconds["ours"]
-    print(f"ratio (ours / HF generate): {ratio:.2f}x (target >= 1.5x) {'OK' if ratio >= 1.5 else 'BELOW TARGET'}")
+    print(f"per-batch ratios (HF time / ours, {len(batch_ratios)} batches): "
+          f"{', '.join(f'{r:.2f}' for r in batch_ratios)}; median {statistics.median(batch_ratios):.2f}x; in CPU time: "
+          f"{', '.join(f'{r:.2f}' for r in cpu_ratios)}; median {statistics.median(cpu_ratios):.2f}x, total "
+          f"{cpu_seconds['hf'] / cpu_seconds['ours']:.2f}x")
+    print(f"ratio (ours / HF generate, total time): {ratio:.2f}x (target >= 1.5x) {'OK' if ratio >= 1.5 else 'BELOW TARGET'}")
     print()
 
 

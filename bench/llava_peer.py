@@ -396,16 +396,21 @@ def check_loss_parity(ours, peer, batch_ours, batch_peer, loss_fn, tolerance: fl
 # ---------------------------------------------------------------------------------------------- timing, memory
 
 
-def interleaved(runs: Dict[str, Callable[[], Any]], repeats: int) -> Dict[str, List[float]]:
-    """Seconds of each callable, repeated in rotating order (ABAB..., then BABA...) to spread the noise."""
+def interleaved(runs: Dict[str, Callable[[], Any]], repeats: int, clock: Callable[[], float] = time.perf_counter
+                ) -> Dict[str, List[float]]:
+    """Seconds of each callable, repeated in rotating order (ABAB..., then BABA...) to spread the noise.
+
+    ``clock=time.process_time`` counts this process's CPU seconds instead of wall-clock ones: with one
+    thread on a core that other processes share, it leaves out the time slices they take.
+    """
     names = list(runs)
     seconds: Dict[str, List[float]] = {name: [] for name in names}
     for r in range(repeats):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
-            start = time.perf_counter()
+            start = clock()
             runs[name]()
-            seconds[name].append(time.perf_counter() - start)
+            seconds[name].append(clock() - start)
     return seconds
 
 

@@ -75,6 +75,8 @@ def lengths(data_root: Path, llm_dir: Path):
             continue
         rows = []
         for index, record in enumerate(records):
+            if not all(turn.get("value", "").strip() for turn in record["conversations"]):
+                continue  # SLAKE's one empty answer (train record 1622)
             parsed = parse_record(record, name, index)
             tokens, labels = transform.tokenize(to_messages(parsed.turns, True))
             rows.append((len(tokens), sum(label != lp.IGNORE_INDEX for label in labels)))
