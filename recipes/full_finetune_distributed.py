@@ -307,7 +307,7 @@ class FullFinetuneRecipeDistributed:
                     "total_epochs": self.epochs,
                     "max_steps_per_epoch": self.max_steps_per_epoch,
                     "optimizer": optimizer_state,
-                    "lr_scheduler": self._lr_scheduler.state_dict() if self._lr_scheduler is not None else None,
+                    "lr_scheduler": _scheduler_state(self._lr_scheduler),
                     "rng_cpu": rng_by_rank[0][0],
                     "rng_cuda": [rng_by_rank[0][1]] if rng_by_rank[0][1] is not None else None,
                     "rng_python": rng_by_rank[0][2],
@@ -411,6 +411,13 @@ class FullFinetuneRecipeDistributed:
         if self._metric_logger is not None:
             self._metric_logger.close()
         dist.destroy_process_group()
+
+
+def _scheduler_state(scheduler) -> Optional[Dict[str, Any]]:
+    """The scheduler's state without callables (torchtune's in-backward wrapper patches a local ``step`` in)."""
+    if scheduler is None:
+        return None
+    return {key: value for key, value in scheduler.state_dict().items() if not callable(value)}
 
 
 def _peak_memory(device: torch.device) -> Dict[str, float]:

@@ -31,6 +31,9 @@ PLAIN = ["batch_size=1", "gradient_accumulation_steps=2", "max_steps_per_epoch=n
 GROUPED = ["batch_size=2", "group_by_length=True"]  # 2 x 2 = 4 samples a step
 PATCH = ["model.vision_tower.output=patch", "model.projector._component_=medcap.models.mlp_projector",
          "model.projector.in_dim=64", "~model.projector.num_tokens"]  # the tower's head.proj never gets a gradient
+# one optimizer per parameter; no scheduler: the single-device recipe cannot save a scheduler patched by torchtune's
+# in-backward wrapper (a local function in its state)
+IN_BACKWARD = ["batch_size=1", "optimizer_in_bwd=True", "clip_grad_norm=null", "lr_scheduler=null"]
 GENERATE = ["batch_size=2", "max_new_tokens=4", "checkpoints=all"]
 
 
@@ -115,6 +118,11 @@ def main(assets: Path, out: Path, single_device_run: Path) -> None:
     # ... and the single-device run (batch 2 x accumulation 2) resumed here with 2 processes of batch 1
     keep_first_epoch(single_device_run, out / "from_single_device")
     train(recipe_class, train_config(assets, out / "from_single_device", PLAIN + ["resume_from_checkpoint=True"]))
+
+    # the optimizer stepping in backward (FSDP2 calls the hooks on the shards), and its resume
+    train(recipe_class, train_config(assets, out / "in_backward", IN_BACKWARD))
+    keep_first_epoch(out / "in_backward", out / "in_backward_resumed")
+    train(recipe_class, train_config(assets, out / "in_backward_resumed", IN_BACKWARD + ["resume_from_checkpoint=True"]))
 
     # trainable parameters without optimizer state (head.proj is unused with output=patch)
     train(recipe_class, train_config(assets, out / "patch", PATCH))

@@ -53,6 +53,7 @@ def single_device(tiny_assets, tmp_path_factory):
         "plain": _single_device(tiny_assets, root / "plain", *_global_batch(worker_settings.PLAIN)),
         "grouped": _single_device(tiny_assets, root / "grouped", *_global_batch(worker_settings.GROUPED)),
         "patch": _single_device(tiny_assets, root / "patch", "batch_size=2", *worker_settings.PATCH),
+        "in_backward": _single_device(tiny_assets, root / "in_backward", *_global_batch(worker_settings.IN_BACKWARD)),
     }
 
 
@@ -84,7 +85,7 @@ def test_config_keys_are_the_single_device_recipe_s():
     assert load_script("recipes/full_finetune_distributed.py").CONFIG_KEYS == single
 
 
-@pytest.mark.parametrize("scenario", ["plain", "grouped"])
+@pytest.mark.parametrize("scenario", ["plain", "grouped", "in_backward"])
 def test_two_processes_equal_single_device_with_the_global_batch(two_processes, single_device, scenario):
     out, _ = two_processes
     single, distributed = logged_values(single_device[scenario]), logged_values(out / scenario)
@@ -120,10 +121,11 @@ def test_decoder_trainable_part_and_optimizer_state_are_sharded_over_the_ranks(t
         assert sum(held) == full and max(held) <= full / 2 * 1.02, (what, held, full)  # dim-0 chunks: ~half each
 
 
-def test_resume_with_two_processes_equals_uninterrupted(two_processes):
+@pytest.mark.parametrize("scenario", ["plain", "in_backward"])
+def test_resume_with_two_processes_equals_uninterrupted(two_processes, scenario):
     out, _ = two_processes
-    assert _max_abs_diff(_weights(out / "plain_resumed"), _weights(out / "plain")) == 0.0
-    assert logged_values(out / "plain_resumed")[-2:] == logged_values(out / "plain")[-2:]
+    assert _max_abs_diff(_weights(out / f"{scenario}_resumed"), _weights(out / scenario)) == 0.0
+    assert logged_values(out / f"{scenario}_resumed")[-2:] == logged_values(out / scenario)[-2:]
 
 
 def test_resume_with_one_process_equals_uninterrupted(two_processes, single_device, tiny_assets, tmp_path):
