@@ -120,6 +120,12 @@ class FullFinetuneRecipeDistributed:
                 f"optimizer {cfg.optimizer._component_}: bitsandbytes optimizers keep blockwise 8-bit state that FSDP2's "
                 "sharded parameters do not support; use torch.optim.AdamW (its state is sharded over the processes)"
             )
+        for key in ("decoder_quantization", "decoder_lora"):  # the single-device recipe's decoder options (issue 13)
+            if cfg.model.get(key, None):
+                raise NotImplementedError(
+                    f"model.{key}: a quantized or LoRA-wrapped decoder is not sharded by the distributed recipe yet; "
+                    "train it with recipes/full_finetune_single_device.py, or drop the key"
+                )
         self.epochs_run = 0
         self.global_step = 0
 
