@@ -27,16 +27,25 @@ def _records_in(path: Path) -> Optional[int]:
         return None
 
 
-def last_logged(run_dir: Path, key: str = "loss") -> Optional[Dict[str, float]]:
-    """``{"step", key}`` of the last DiskLogger line holding ``key``, or None."""
+def last_logged(run_dir: Path, key: str = "loss", max_step: Optional[int] = None) -> Optional[Dict[str, float]]:
+    """``{"step", key}`` of the last DiskLogger line holding ``key`` (at or before ``max_step``), or None."""
     found = None
     for log in sorted((Path(run_dir) / "logs").glob("log_*.txt")):
         for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
             value = re.search(rf"\b{re.escape(key)}:([-0-9.e+]+)", line)
             step = re.search(r"Step (\d+)", line)
-            if value:
+            if value and not (max_step is not None and step and int(step.group(1)) > max_step):
                 found = {"step": int(step.group(1)) if step else None, key: float(value.group(1))}
     return found
+
+
+def epoch_end_step(epoch_dir: Path) -> Optional[int]:
+    """The global step at which ``epoch_dir`` was saved (its ``recipe_state.pt``), or None."""
+    from medcap.checkpoint.io import RECIPE_STATE_FILE, load_recipe_state
+
+    if not (Path(epoch_dir) / RECIPE_STATE_FILE).is_file():
+        return None
+    return int(load_recipe_state(Path(epoch_dir))["global_step"])
 
 
 def eval_metrics(run_dir: Path, epoch_name: str) -> Dict[str, Any]:
@@ -100,7 +109,7 @@ def model_card(
     ]
     if get("vision_checkpoint"):
         lines.append(f"- initialised from `{get('vision_checkpoint')}`")
-    loss = last_logged(info.run_dir)
+    loss = last_logged(info.run_dir, max_step=epoch_end_step(epoch_dir))  # the run may have gone on after this epoch
     if loss:
         lines.append(f"- last logged training loss: {loss['loss']:.4f} (step {loss['step']})")
     lines += ["", "## Metrics", ""]

@@ -12,6 +12,7 @@ or by a named builder's ``vision_model``/``output`` arguments (``llama3_8b_biome
   ``model`` node, decoder included, in the same order), so "base" is the exact untrained initialisation.
 """
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from safetensors.torch import load_file
 
 from medcap.checkpoint.io import IMAGE_ENCODER_FILE, check_state_dict_fits
 from medcap.models.vision import VisionTower, open_clip_vision_tower
+
+log = logging.getLogger(__name__)
 
 RUN_CONFIG_FILE = "config.yaml"
 TOWER_PREFIX = "vision_tower."
@@ -184,10 +187,14 @@ def base_tower(run_dir: Path, output: Optional[str] = None) -> Tuple[VisionTower
 
     from medcap import config as medcap_config
 
+    if str(info.config.get("device", "cpu")) != "cpu":
+        log.warning("%s trained on %s: its random tower was drawn by that device's generator; the CPU replay is a "
+                    "tower of the same distribution, not the exact start", run_dir, info.config.device)
+    dtype = training.get_dtype(info.config.get("dtype", "fp32"), device=torch.device("cpu"))
     training.set_seed(seed=info.config.get("seed", None))  # what the recipe does before building the model
-    with training.set_default_dtype(torch.float32), torch.device("cpu"):
+    with training.set_default_dtype(dtype), torch.device("cpu"):
         model = medcap_config.instantiate(info.config.model)
-    tower = model.image_encoder.vision_tower
+    tower = model.image_encoder.vision_tower.float()
     if output is not None and output != tower.output:
         tower = VisionTower(tower.visual, output=output, image_size=tower.image_size)
     return tower.eval(), info

@@ -34,6 +34,8 @@ def resolve_tower(spec: str, image_size: int = 224) -> Tuple[VisionTower, Dict[s
         tower, info = base_tower(Path(spec[len(BASE_PREFIX):]))
         return tower, {"image_size": tower.image_size, **info.transform_args}
     if spec.startswith(_NAMED_PREFIXES) or not Path(spec).exists():
+        if "/" in spec and not spec.startswith(_NAMED_PREFIXES):
+            raise FileNotFoundError(f"--tower {spec}: no such run directory (towers by name start with local-dir:, hf-hub:, timm:)")
         tower = open_clip_vision_tower(spec, image_size=image_size).eval()
         return tower, {"image_size": tower.image_size}
     tower, info = tuned_tower(Path(spec))

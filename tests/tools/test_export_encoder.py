@@ -1,6 +1,7 @@
 """tools/export_encoder.py: a run's tower as an open_clip local-dir model and a timm trunk, loaded by those libraries."""
 
 import json
+import shutil
 from pathlib import Path
 
 import open_clip
@@ -159,13 +160,17 @@ def test_timm_tower_exports_a_timm_trunk_and_an_open_clip_model(tiny_assets, tmp
 
 
 def test_projector_and_model_card_come_from_the_run(tiny_run, tmp_path):
-    _export(tiny_run / "epoch_0", tmp_path / "export")
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    with open(next((run / "logs").glob("log_*.txt")), "a") as log:
+        log.write("Step 2 | loss:9.5 lr:0.01 \n")  # the run went on after epoch_0: not this checkpoint's loss
+    _export(run / "epoch_0", tmp_path / "export")
     checkpoint = load_file(tiny_run / "epoch_0/image_encoder.safetensors")
     projector = load_file(tmp_path / "export/projector.safetensors")
     assert sorted(projector) == sorted(k[len("projector."):] for k in checkpoint if k.startswith("projector."))
     assert all(torch.equal(v, checkpoint[f"projector.{k}"]) for k, v in projector.items())
     card = (tmp_path / "export/README.md").read_text()
-    cfg = OmegaConf.load(tiny_run / "config.yaml")
+    cfg = OmegaConf.load(run / "config.yaml")
     assert f"`{cfg.dataset.source}` (8 records)" in card
     assert f"`torchtune.models.llama3.llama3` from `{cfg.checkpointer.checkpoint_dir}`" in card
     assert f"last logged training loss: {logged_values(tiny_run)[-1]:.4f} (step 1)" in card
