@@ -1,5 +1,11 @@
 """Validates ShareGPT dataset files: schema, images, answers, duplicates, lengths, split leakage.
 
+It refuses what training refuses: a file that is not a JSON list (a JSON Lines file is named, with
+the converter command), an empty list, records breaking the schema (image paths leaving the image
+root, symlinks included), images that are missing, undecodable or over --max-image-pixels, and
+records whose first question and answer exceed --max-seq-len. Duplicates, records truncated after
+their first answer, multi-frame and tiny images are warnings (training keeps them and warns).
+
 Give every split of a dataset to also check leakage between them:
     python tools/validate_dataset.py data/vqarad_train.json data/vqarad_test.json \\
         --tokenizer path/to/tokenizer.json --max-seq-len 400 --json report.json
@@ -16,17 +22,22 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from medcap.utils.atomic import atomic_write_json  # noqa: E402
+from medcap.data.images import DEFAULT_MAX_IMAGE_PIXELS  # noqa: E402
 from medcap.data.validation import format_report, validate_files  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("files", nargs="+", help="ShareGPT JSON / jsonl files (e.g. train and test)")
+    parser.add_argument("files", nargs="+", help="ShareGPT JSON files (e.g. train and test)")
     parser.add_argument("--image-dir",
                         help="image root overriding each record's meta dir= (without either: the file's folder)")
     parser.add_argument("--no-images", action="store_true", help="skip image existence / decode / hash checks")
     parser.add_argument("--tokenizer", help="Hugging Face tokenizer.json for exact token lengths")
-    parser.add_argument("--max-seq-len", type=int, help="warn about records longer than this")
+    parser.add_argument("--max-seq-len", type=int,
+                        help="error for records whose first question and answer are longer (training refuses "
+                             "them), warning for records longer only in later turns (training truncates them)")
+    parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                        help=f"larger images are errors, as in training (default {DEFAULT_MAX_IMAGE_PIXELS})")
     parser.add_argument("--image-tokens", type=int, default=0, help="tokens an image adds to a record's length")
     parser.add_argument("--workers", type=int, default=8, help="threads for image checks")
     parser.add_argument("--strict", action="store_true", help="warnings also fail")
@@ -48,6 +59,7 @@ def main(argv=None) -> int:
             image_tokens=args.image_tokens,
             num_workers=args.workers,
             progress=not args.quiet,
+            max_image_pixels=args.max_image_pixels,
         )
     except FileNotFoundError as err:  # the tokenizer; data problems are reported, not raised
         print(f"error: {err}", file=sys.stderr)

@@ -3,18 +3,24 @@
 Medical images arrive as 8-bit grayscale, 16-bit grayscale (CT/MR exports), palette, CMYK, RGBA
 and the odd truncated file. :func:`load_image` returns an RGB PIL image or raises
 :class:`ImageLoadError` with the reason; nothing else leaks out of PIL.
+
+Decided and documented (README_FINETUNE.md, data): a multi-frame file (animated GIF, multi-page
+TIFF) gives its first frame; a tiny image (even 1x1) is upscaled by the transform like any other.
+``tools/validate_dataset.py`` warns about both. Loading is torch-free (open_clip is imported only
+for the transform).
 """
 
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
-import open_clip
 import PIL.Image
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 # PIL's own default bound (~89.5 MP); larger images are refused before any pixel is decoded.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+# CLIP's normalisation (open_clip.constants.OPENAI_DATASET_MEAN / _STD)
+OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class ImageLoadError(ValueError):
@@ -25,7 +31,8 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> PIL.Im
     """Open, fully decode and convert an image to 8-bit RGB.
 
     Conversions: grayscale/palette -> RGB; 16-bit and float grayscale -> min-max windowed to 8 bit;
-    CMYK -> RGB; images with alpha are composited onto black (the background of most scans).
+    CMYK -> RGB; images with alpha are composited onto black (the background of most scans); a
+    multi-frame file gives its first frame.
 
     Args:
         path (Path): image file.
@@ -37,6 +44,11 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> PIL.Im
     Raises:
         ImageLoadError: missing, undecodable, truncated or too large.
     """
+    return read_image(path, max_pixels)[0]
+
+
+def read_image(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Tuple[PIL.Image.Image, int]:
+    """:func:`load_image`, plus the file's number of frames (1 for a still image)."""
     path = Path(path)
     if not path.is_file():
         raise ImageLoadError(f"image not found: {path}")
@@ -48,12 +60,17 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> PIL.Im
                     f"image too large: {width}x{height} = {width * height} pixels exceeds max_image_pixels={max_pixels} "
                     f"(possible decompression bomb): {path}"
                 )
+            if width < 1 or height < 1:
+                raise ImageLoadError(f"cannot decode image {path}: it has no pixels ({width}x{height})")
+            frames = getattr(image, "n_frames", 1)
             image.load()
-            return _to_rgb(image)
+            return _to_rgb(image), frames
     except ImageLoadError:
         raise
-    except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as error:
-        raise ImageLoadError(f"cannot decode image {path}: {error}") from error
+    except MemoryError:
+        raise ImageLoadError(f"cannot decode image {path}: out of memory while decoding") from None
+    except Exception as error:  # PIL's plugins raise OSError, ValueError, SyntaxError, struct.error, EOFError ...
+        raise ImageLoadError(f"cannot decode image {path}: {type(error).__name__}: {error}") from error
 
 
 def _to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
@@ -91,6 +108,8 @@ def open_clip_image_transform(
     Returns:
         Callable: PIL image -> ``[3, image_size, image_size]`` float tensor.
     """
+    import open_clip  # torch; only the transform needs it
+
     return open_clip.image_transform(
         image_size,
         is_train=train_augmentation,

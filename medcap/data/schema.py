@@ -14,15 +14,19 @@ Rules, checked by :func:`check_record` and nowhere else:
 * no turn of the dialogue is empty (a ``system`` turn may be);
 * ``image`` is a relative path string; ``meta`` (when present) is ``dir=<root>``;
 * the image root is, in order: the ``image_dir`` override, the record's ``meta`` ``dir=``, the
-  folder of the JSON file; the image path may not leave its root (``..`` or absolute paths),
-  while symlinks inside the root may point anywhere (Hugging Face snapshots link into blobs);
+  folder of the JSON file; the image path may not leave its root, neither lexically (``..`` or
+  absolute paths) nor through a symlink whose target lies outside the root (the one exception: a
+  Hugging Face cache snapshot ``.../datasets--org--name/snapshots/<rev>/`` may link into its own
+  ``.../datasets--org--name/blobs/``); the root itself may be a symlink;
 * at most one ``<image>`` marker in the human turns, and only in a record with an image.
 
-The training dataset, the validator, the converters, generation and the synthetic data all call
-:func:`check_record`, so "the validator reports no problem" and "the training dataset accepts the
+A file is read by :func:`read_record_list` (a JSON list, UTF-8 with or without a byte-order
+mark; a JSON Lines file is refused naming the converter). The training dataset, the validator,
+the converters, generation and the synthetic data all call :func:`check_record`, so "the validator reports no problem" and "the training dataset accepts the
 record" are the same statement (a property test holds them to it).
 """
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -97,12 +101,103 @@ def image_root(record: Dict[str, Any], image_dir: Optional[str] = None, file_dir
 def resolve_image_path(root: str, image: str) -> Optional[str]:
     """``root/image`` with the root's symlinks resolved, or None when the path leaves the root.
 
-    The check is lexical: ``..`` and absolute paths may not leave the root, while symlinks inside
-    it may point anywhere.
+    This check is lexical (``..`` and absolute paths may not leave the root); symlinks inside the
+    root are checked by :func:`symlink_escape`.
     """
     real_root = os.path.realpath(os.path.expanduser(root))
     path = os.path.normpath(os.path.join(real_root, image))
-    return path if os.path.commonpath([real_root, path]) == real_root else None
+    return path if _inside(path, real_root) else None
+
+
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([folder, path]) == folder
+
+
+def _hugging_face_blobs(real_root: str) -> Optional[str]:
+    """``.../datasets--org--name/blobs`` when the root lies in that repository's ``snapshots/``."""
+    parts = real_root.split(os.sep)
+    for index in range(len(parts) - 1, 0, -1):
+        if parts[index] == "snapshots" and parts[index - 1].split("--")[0] in ("datasets", "models", "spaces"):
+            return os.sep.join(parts[:index] + ["blobs"])
+    return None
+
+
+def symlink_escape(real_root: str, path: str) -> Optional[str]:
+    """The target of ``path`` when a symlink on the way leads outside ``real_root``, else None.
+
+    A missing file is not an escape (it is reported as missing). Targets in the Hugging Face
+    cache's own ``blobs`` folder are allowed for a root inside its ``snapshots``.
+    """
+    target = os.path.realpath(path)
+    if target == path or _inside(target, real_root):
+        return None
+    blobs = _hugging_face_blobs(real_root)
+    if blobs is not None and _inside(target, blobs):
+        return None
+    return target
+
+
+class DatasetFileError(ValueError):
+    """A dataset file that is not a JSON list of records (the message names the file and the format).
+
+    Attributes:
+        path (str): the file.
+        reason (str): what is wrong.
+    """
+
+    def __init__(self, path: Any, reason: str):
+        self.path, self.reason = path, reason
+        super().__init__(f"{path}: {reason}")
+
+
+def convert_command(path: Any, dataset: str = "plm") -> str:
+    """The converter command line that turns ``path`` into a ShareGPT JSON list."""
+    stem = os.path.splitext(str(path))[0]
+    return f"python tools/convert_to_sharegpt.py --dataset {dataset} --input {path} --output {stem}_sharegpt.json"
+
+
+def is_json_lines(text: str) -> bool:
+    """Whether ``text`` holds one JSON object per line (at least one line)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    try:
+        return bool(lines) and all(isinstance(json.loads(line), dict) for line in lines)
+    except json.JSONDecodeError:
+        return False
+
+
+def read_record_list(path: Any) -> List[Any]:
+    """Read a medcap ShareGPT file: a JSON list, UTF-8 with or without a byte-order mark.
+
+    Args:
+        path (Any): the file.
+
+    Returns:
+        List[Any]: its records (not yet checked).
+
+    Raises:
+        FileNotFoundError: no such file.
+        DatasetFileError: not UTF-8, not JSON, a JSON Lines file (one record a line, e.g. the
+            Perception-LM format; the message gives the converter command), or not a list.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"dataset file not found: {path}")
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DatasetFileError(path, f"not UTF-8 text ({error}); medcap reads UTF-8 JSON") from None
+    jsonl_hint = (f"this is JSON Lines (one record a line, e.g. the Perception-LM format); medcap trains on a JSON "
+                  f"list: convert it with `{convert_command(path)}`")
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as error:
+        if error.msg == "Extra data" and is_json_lines(text):
+            raise DatasetFileError(path, jsonl_hint) from None
+        raise DatasetFileError(path, f"not valid JSON ({error})") from None
+    if not isinstance(records, list):
+        hint = f"; {jsonl_hint}" if isinstance(records, dict) and str(path).endswith(".jsonl") else ""
+        raise DatasetFileError(path, f"expected a JSON list of records, got {type(records).__name__}{hint}")
+    return records
 
 
 def check_record(
@@ -190,9 +285,13 @@ def _read_image(
         return None, None
     root = image_root(record, image_dir, file_dir if file_dir is not None else ".")
     path = resolve_image_path(root, image)
+    real_root = os.path.realpath(os.path.expanduser(root))
     if path is None:
-        real_root = os.path.realpath(os.path.expanduser(root))
         problems.append(Problem("image", f"path {image!r} escapes the image directory {real_root}"))
+    elif (target := symlink_escape(real_root, path)) is not None:
+        problems.append(Problem("image", f"path {image!r} is a symlink to {target}, outside the image directory "
+                                         f"{real_root} (copy the file into it, or point the image root at its folder)"))
+        path = None
     return image, path
 
 

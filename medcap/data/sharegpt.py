@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from torchtune.data import Message
 from tqdm import tqdm
 
-from medcap.data.schema import IMAGE_MARKER, check_record
+from medcap.data.schema import DatasetFileError, IMAGE_MARKER, check_record, read_record_list
 from medcap.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageLoadError, load_image
 from medcap.data.transform import MedcapTransform
 
@@ -50,18 +50,18 @@ class ParsedRecord:
 
 
 def load_records(source: Path) -> List[Any]:
-    """Read a ShareGPT JSON file; it must hold a list."""
+    """Read a ShareGPT JSON file (:func:`medcap.data.schema.read_record_list`); it must hold a list.
+
+    Raises:
+        FileNotFoundError: no such file.
+        RecordError: field ``<file>``: not UTF-8 JSON, JSON Lines (the message names the converter),
+            or not a list.
+    """
     source = Path(source)
-    if not source.is_file():
-        raise FileNotFoundError(f"dataset file not found: {source}")
     try:
-        with open(source, encoding="utf-8") as f:
-            records = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RecordError(source, None, "<file>", f"not valid JSON ({error})") from error
-    if not isinstance(records, list):
-        raise RecordError(source, None, "<file>", f"expected a JSON list of records, got {type(records).__name__}")
-    return records
+        return read_record_list(source)
+    except DatasetFileError as error:
+        raise RecordError(source, None, "<file>", error.reason) from None
 
 
 def parse_record(record: Any, source: Any, index: int, image_dir: Optional[Path] = None) -> ParsedRecord:
@@ -180,11 +180,18 @@ def _load_sample_image(source: Path, record_index: int, image_path: Path, max_im
         raise RecordError(source, record_index, "image", str(error)) from error
 
 
+def _shown(indices: List[int], limit: int = 10) -> str:
+    return ", ".join(map(str, indices[:limit])) + (f" ... ({len(indices) - limit} more)" if len(indices) > limit else "")
+
+
 class ShareGPTImageDataset(Dataset):
     """A medcap ShareGPT JSON file as a map-style dataset of tokenized samples with images.
 
     Every record is validated, tokenized and (``image_check="decode"``) has its image decoded once
-    when the dataset is built, so a bad record fails before training, not hours into it.
+    when the dataset is built, so a bad record fails before training, not hours into it. Records
+    longer than ``max_seq_len`` are truncated after their first answer (refused when that would cut
+    the image or the first answer) and repeated records are kept: both are counted in one warning
+    each (``truncated``, ``duplicates``).
 
     Args:
         source (str): path to the JSON file.
@@ -212,16 +219,41 @@ class ShareGPTImageDataset(Dataset):
         self._samples: List[Tuple[List[int], List[int], Optional[Path], int]] = []  # + index in the file
         self.records: List[Dict[str, Any]] = []
 
+        self.truncated: List[int] = []  # records longer than max_seq_len, cut after their first answer
+        self.duplicates: List[int] = []  # records equal to an earlier one (same turns, same image)
+        first_of: Dict[str, int] = {}
+        measure = getattr(self.model_transform, "tokenize_with_length", None)
+
         def accept(index: int, parsed: ParsedRecord) -> None:
             messages = to_messages(parsed.turns, parsed.image_path is not None, train_on_input=train_on_input)
             try:
-                tokens, labels = self.model_transform.tokenize(messages)
+                if measure is not None:
+                    tokens, labels, full_length = measure(messages)
+                else:
+                    (tokens, labels), full_length = self.model_transform.tokenize(messages), 0
             except ValueError as error:
                 raise RecordError(self.source, index, "conversations", str(error)) from error
+            if full_length > len(tokens):
+                self.truncated.append(index)
+            key = json.dumps([parsed.turns, str(parsed.image_path)], ensure_ascii=False)
+            if first_of.setdefault(key, index) != index:
+                self.duplicates.append(index)
             self._samples.append((tokens, labels, parsed.image_path, index))
             self.records.append(parsed.record)
 
         self.skipped = _collect_records(self.source, image_dir, image_check, max_image_pixels, skip_bad_records, accept)
+        if self.truncated:
+            log.warning(
+                "%s: %d of %d records are longer than max_seq_len=%d and are truncated after their first answer "
+                "(later turns not trained): records %s", self.source, len(self.truncated), len(self._samples),
+                getattr(self.model_transform, "max_seq_len", -1), _shown(self.truncated),
+            )
+        if self.duplicates:
+            log.warning(
+                "%s: %d records repeat an earlier record (same turns and image) and are trained on again: records %s "
+                "(tools/validate_dataset.py lists them; remove them if the repetition is not intended)",
+                self.source, len(self.duplicates), _shown(self.duplicates),
+            )
 
     def __len__(self) -> int:
         return len(self._samples)

@@ -61,6 +61,14 @@ class MedcapTransform:
         Raises:
             SequenceTooLongError: if truncation would cut an image or the first answer.
         """
+        tokens, labels, _ = self.tokenize_with_length(messages, add_end_tokens=add_end_tokens)
+        return tokens, labels
+
+    def tokenize_with_length(
+        self, messages: List[Message], *, add_end_tokens: bool = True
+    ) -> Tuple[List[int], List[int], int]:
+        """:meth:`tokenize`, plus the length before truncation (more than ``max_seq_len`` when the
+        record was truncated: its later turns are not trained)."""
         raw_tokens, raw_mask = self.tokenizer.tokenize_messages(messages, add_end_tokens=add_end_tokens)
         tokens, masked = self._expand_images(raw_tokens, raw_mask)
         labels = [CROSS_ENTROPY_IGNORE_IDX if m else t for t, m in zip(tokens, masked)]
@@ -73,8 +81,8 @@ class MedcapTransform:
             _, answer_mask = self.tokenizer.tokenize_messages(answers_only, add_end_tokens=add_end_tokens)
             _, not_answer = self._expand_images(raw_tokens, answer_mask)
             self._check_truncation(tokens, not_answer)
-            tokens, labels = tokens[: self.max_seq_len], labels[: self.max_seq_len]
-        return tokens, labels
+            return tokens[: self.max_seq_len], labels[: self.max_seq_len], len(tokens)
+        return tokens, labels, len(tokens)
 
     def _expand_images(self, raw_tokens: List[int], raw_mask: List[bool]) -> Tuple[List[int], List[bool]]:
         """Widen each image id into ``num_image_tokens`` masked placeholders."""

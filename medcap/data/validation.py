@@ -1,13 +1,18 @@
 """Checks of ShareGPT dataset files before training or evaluation.
 
-Errors (the data cannot be used as is): schema violations, missing or undecodable images, empty
-answers. Warnings: duplicates, records longer than ``max_seq_len``, and leakage between splits by
-image identity (sha1 of the image file's bytes), such as SLAKE's cross-language image overlap or
+The validator refuses what training refuses. Errors (the data cannot be used as is): a file that
+is not a JSON list (JSON Lines is named, with the converter to use) or holds no record, schema
+violations (symlinks out of the image root included), missing, undecodable or too large images
+(``max_image_pixels``), empty answers, and records whose first question and answer exceed
+``max_seq_len`` (training refuses them: it never cuts the image or the first answer). Warnings:
+records longer than ``max_seq_len`` only in later turns (training truncates them), duplicates
+(training keeps them and warns), multi-frame images (training uses the first frame), images
+smaller than ``SMALL_IMAGE_SIDE`` on a side (upscaled), and leakage between splits by image
+identity (sha1 of the image file's bytes), such as SLAKE's cross-language image overlap or
 VQA-RAD's question-level split.
 """
 
 import hashlib
-import io
 import itertools
 import json
 import os
@@ -17,11 +22,14 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm import tqdm
 
-from medcap.data.converters.common import DatasetFormatError, SPLITS, read_records
-from medcap.data.schema import check_record, first_question
+from medcap.data.converters.common import SPLITS
+from medcap.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageLoadError, read_image
+from medcap.data.schema import DatasetFileError, check_record, first_question, read_record_list
+
+# images smaller than this on a side get a warning (the transform upscales them)
+SMALL_IMAGE_SIDE = 16
 
 WORD_COUNT_NOTE = (
     "lengths are whitespace-separated words, an approximation: subword tokenizers usually give "
@@ -96,10 +104,11 @@ class ValidationReport:
 class _ImageCheck:
     sha1: Optional[str] = None
     error: Optional[str] = None  # "missing" or a decode error
+    notes: List[str] = field(default_factory=list)  # warnings: multi-frame, tiny
 
 
-def _check_image(path: str) -> _ImageCheck:
-    """Reads an image file once: sha1 of its bytes, then a full decode with PIL."""
+def _check_image(path: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> _ImageCheck:
+    """Reads an image file once: sha1 of its bytes, then a full decode as training does it."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -109,27 +118,34 @@ def _check_image(path: str) -> _ImageCheck:
         return _ImageCheck(error=f"unreadable ({err})")
     sha1 = hashlib.sha1(data).hexdigest()
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-    except Exception as err:  # PIL raises many types for corrupt files
-        return _ImageCheck(sha1=sha1, error=f"does not decode ({type(err).__name__}: {err})")
-    return _ImageCheck(sha1=sha1)
+        image, frames = read_image(path, max_pixels)
+    except ImageLoadError as err:
+        return _ImageCheck(sha1=sha1, error=f"does not load ({err})")
+    notes = []
+    if frames > 1:
+        notes.append(f"has {frames} frames; training uses the first")
+    if min(image.size) < SMALL_IMAGE_SIDE:
+        notes.append(f"is {image.size[0]}x{image.size[1]} pixels; training upscales it to the model's image size")
+    return _ImageCheck(sha1=sha1, notes=notes)
 
 
-def check_images(paths: Sequence[str], num_workers: int = 8, progress: bool = True) -> Dict[str, _ImageCheck]:
+def check_images(
+    paths: Sequence[str], num_workers: int = 8, progress: bool = True, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> Dict[str, _ImageCheck]:
     """Hashes and decodes each distinct image path in a thread pool.
 
     Args:
         paths (Sequence[str]): image files (duplicates are checked once).
         num_workers (int): threads; PIL and file reads release the GIL.
         progress (bool): show a tqdm bar.
+        max_pixels (int): larger images are errors (training's ``max_image_pixels``).
 
     Returns:
-        Dict[str, _ImageCheck]: path -> sha1 and error.
+        Dict[str, _ImageCheck]: path -> sha1, error and notes.
     """
     unique_paths = sorted(set(paths))
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-        results = pool.map(_check_image, unique_paths)
+        results = pool.map(lambda path: _check_image(path, max_pixels), unique_paths)
         checks = list(tqdm(results, total=len(unique_paths), desc="images", disable=not progress))
     return dict(zip(unique_paths, checks))
 
@@ -140,6 +156,13 @@ def _first_question(record: dict) -> str:
 
 def _record_text(record: dict) -> str:
     return "\n".join(turn["value"] for turn in record["conversations"])
+
+
+def _first_exchange_text(record: dict) -> str:
+    """The turns up to the first answer (a system turn, the first question, the first answer)."""
+    turns = record["conversations"]
+    end = next(index for index, turn in enumerate(turns) if turn["from"] in ("gpt", "assistant"))
+    return "\n".join(turn["value"] for turn in turns[: end + 1])
 
 
 def _lengths(texts: List[str], tokenizer_path: Optional[str]) -> np.ndarray:
@@ -174,11 +197,17 @@ def _load(paths: Sequence[str], image_dir: Optional[str], issues: List[Issue]):
     for path in paths:
         name = os.path.basename(path) if basenames.count(os.path.basename(path)) == 1 else path
         try:
-            records = read_records(path)
-        except (FileNotFoundError, DatasetFormatError) as err:
-            issues.append(Issue("error", path, None, None, str(err)))
+            records = read_record_list(path)
+        except FileNotFoundError:
+            issues.append(Issue("error", path, None, None, "does not exist"))
             partitions.append(name)
             continue
+        except DatasetFileError as err:
+            issues.append(Issue("error", path, None, None, err.reason))
+            partitions.append(name)
+            continue
+        if not records:
+            issues.append(Issue("error", path, None, None, "holds no records (an empty list); training refuses it"))
         splits = {record.get("split") for record in records if isinstance(record, dict)}
         splits = {split for split in splits if isinstance(split, str)}
         by_split = len(splits) > 1
@@ -211,20 +240,23 @@ def validate_files(
     image_tokens: int = 0,
     num_workers: int = 8,
     progress: bool = True,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> ValidationReport:
     """Validates one or more ShareGPT files (e.g. the train / val / test files of one dataset).
 
     Args:
-        paths (Sequence[str]): JSON (list) or jsonl files.
+        paths (Sequence[str]): ShareGPT JSON files (a list each; JSON Lines is an error, as in training).
         image_dir (Optional[str]): image root overriding each record's ``meta`` ``dir=``
             (without either, images are relative to the JSON file's folder).
         check_image_files (bool): check that images exist and decode, and hash them for leakage.
         tokenizer_path (Optional[str]): a Hugging Face ``tokenizer.json``; without it lengths are
             whitespace words (noted in the report).
-        max_seq_len (Optional[int]): warn about records longer than this.
+        max_seq_len (Optional[int]): records whose first question and answer are longer are errors
+            (training refuses them), records longer only in later turns warnings (truncated).
         image_tokens (int): tokens an image adds to a record's length (e.g. 32 placeholders).
         num_workers (int): threads for image checks.
         progress (bool): show progress bars.
+        max_image_pixels (int): larger images are errors (training's ``max_image_pixels``).
 
     Returns:
         ValidationReport: summary, leakage and issues. Never raises on bad data: problems are issues.
@@ -234,11 +266,14 @@ def validate_files(
 
     image_checks = {}
     if check_image_files:
-        image_checks = check_images([e.image_path for e in entries if e.image_path], num_workers, progress)
+        image_checks = check_images([e.image_path for e in entries if e.image_path], num_workers, progress,
+                                    max_image_pixels)
         for entry in entries:
             check = image_checks.get(entry.image_path)
             if check is not None and check.error is not None:
                 issues.append(Issue("error", entry.file, entry.index, "image", f"'{entry.image_path}' {check.error}"))
+            for note in check.notes if check is not None else []:
+                issues.append(Issue("warning", entry.file, entry.index, "image", f"'{entry.image_path}' {note}"))
 
     def image_identity(entry: _Entry) -> Optional[str]:
         check = image_checks.get(entry.image_path)
@@ -246,20 +281,24 @@ def validate_files(
 
     length_unit = "tokens" if tokenizer_path else "words"
     notes = [] if tokenizer_path else [WORD_COUNT_NOTE]
-    lengths = _lengths([_record_text(entry.record) for entry in entries], tokenizer_path)
-    lengths = lengths + np.array([image_tokens if entry.image_path else 0 for entry in entries], dtype=np.int64)
+    image_lengths = np.array([image_tokens if entry.image_path else 0 for entry in entries], dtype=np.int64)
+    lengths = _lengths([_record_text(entry.record) for entry in entries], tokenizer_path) + image_lengths
+    first_lengths = lengths
+    if max_seq_len is not None and any(len(entry.record["conversations"]) > 2 for entry in entries):
+        first_lengths = _lengths([_first_exchange_text(entry.record) for entry in entries], tokenizer_path) + image_lengths
 
     rows = []
     for partition in partitions:
         members = [i for i, entry in enumerate(entries) if entry.partition == partition]
-        rows.append(_partition_row(partition, [entries[i] for i in members], lengths[members], invalid, image_checks,
-                                   image_identity, max_seq_len, issues))
+        rows.append(_partition_row(partition, [entries[i] for i in members], lengths[members], first_lengths[members],
+                                   invalid, image_checks, image_identity, max_seq_len, issues, length_unit))
     summary = pd.DataFrame(rows)
     leakage = _leakage(entries, partitions, image_identity, issues)
     return ValidationReport(summary, leakage, issues, length_unit, notes)
 
 
-def _partition_row(partition, members, lengths, invalid, image_checks, image_identity, max_seq_len, issues) -> dict:
+def _partition_row(partition, members, lengths, first_lengths, invalid, image_checks, image_identity, max_seq_len,
+                   issues, unit="tokens") -> dict:
     empty_answers = 0
     duplicate_questions = duplicate_records = 0
     seen_keys, seen_records = set(), set()
@@ -277,14 +316,22 @@ def _partition_row(partition, members, lengths, invalid, image_checks, image_ide
             issues.append(Issue("warning", entry.file, entry.index, None, "exact duplicate of an earlier record"))
         seen_records.add(serialized)
     image_paths = {entry.image_path for entry in members if entry.image_path}
-    over_limit = []
+    over_limit, refused = [], []
     if max_seq_len is not None:
-        over_limit = [entry.index for entry, length in zip(members, lengths) if length > max_seq_len]
+        for entry, length, first_length in zip(members, lengths, first_lengths):
+            if first_length > max_seq_len:
+                refused.append(entry.index)
+                issues.append(Issue("error", entry.file, entry.index, "conversations",
+                                    f"{first_length} {unit} up to the first answer "
+                                    f"exceed max_seq_len={max_seq_len}: training refuses the record (it never cuts "
+                                    "the image or the first answer); raise max_seq_len or shorten it"))
+            elif length > max_seq_len:
+                over_limit.append(entry.index)
         if over_limit:
             shown = ", ".join(map(str, over_limit[:10])) + (" ..." if len(over_limit) > 10 else "")
             issues.append(Issue("warning", members[0].file, over_limit[0], "conversations",
-                                f"{len(over_limit)} records of {partition} exceed max_seq_len={max_seq_len} "
-                                f"(records {shown})"))
+                                f"{len(over_limit)} records of {partition} exceed max_seq_len={max_seq_len} after "
+                                f"their first answer: training truncates them (records {shown})"))
     has_lengths = len(lengths) > 0
     return {
         "partition": partition,
@@ -301,7 +348,7 @@ def _partition_row(partition, members, lengths, invalid, image_checks, image_ide
         "len_p50": int(np.percentile(lengths, 50)) if has_lengths else 0,
         "len_p95": int(np.percentile(lengths, 95)) if has_lengths else 0,
         "len_max": int(lengths.max()) if has_lengths else 0,
-        "over_max_seq_len": len(over_limit) if max_seq_len is not None else None,
+        "over_max_seq_len": len(over_limit) + len(refused) if max_seq_len is not None else None,
     }
 
 

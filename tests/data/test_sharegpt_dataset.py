@@ -136,14 +136,30 @@ def test_parse_record_resolves_paths(tmp_path):
     assert parse_record(record(image=""), source, 0).image_path is None
 
 
-def test_symlinked_image_inside_the_root_is_allowed(tmp_path, tiny_tokenizer):
-    # Hugging Face caches hold snapshots of symlinks into a blob folder outside the snapshot.
-    blob = write_gray_png(tmp_path / "blobs" / "0123abcd", 40)
-    snapshot = tmp_path / "snapshot"
+def test_symlink_into_the_hugging_face_blobs_of_its_own_snapshot_is_allowed(tmp_path, tiny_tokenizer):
+    # Hugging Face caches hold snapshots of symlinks into the repository's blob folder.
+    repo = tmp_path / "datasets--org--scans"
+    blob = write_gray_png(repo / "blobs" / "0123abcd", 40)
+    snapshot = repo / "snapshots" / "5f1e"
     (snapshot / "images").mkdir(parents=True)
     os.symlink(os.path.relpath(blob, snapshot / "images"), snapshot / "images" / "scan.png")
     source = write_json(snapshot / "data.json", [record(image="images/scan.png")])
     assert pixel(ShareGPTImageDataset(str(source), transform(tiny_tokenizer))[0]) == (40, 40, 40)
+
+
+def test_symlink_leading_out_of_the_image_root_is_refused(tmp_path, tiny_tokenizer):
+    secret = write_gray_png(tmp_path / "elsewhere" / "secret.png", 40)
+    root = tmp_path / "dataset"
+    (root / "images").mkdir(parents=True)
+    os.symlink(secret, root / "images" / "scan.png")
+    (root / "images" / "inside.png").symlink_to(write_gray_png(root / "store" / "a.png", 7))  # inside: fine
+    source = write_json(root / "data.json", [record(image="images/inside.png"), record(image="images/scan.png")])
+    with pytest.raises(RecordError) as caught:
+        ShareGPTImageDataset(str(source), transform(tiny_tokenizer))
+    assert (caught.value.index, caught.value.field) == (1, "image")
+    assert f"'images/scan.png' is a symlink to {secret}, outside the image directory {root}" in str(caught.value)
+    dataset = ShareGPTImageDataset(str(source), transform(tiny_tokenizer), skip_bad_records=True)
+    assert len(dataset) == 1 and pixel(dataset[0]) == (7, 7, 7)
 
 
 def test_bad_meta_names_record_and_field(tmp_path, tiny_tokenizer):

@@ -166,7 +166,7 @@ def test_fuzz_validator_reports_instead_of_crashing(content):
             assert issue.file == str(path)
         if not isinstance(content, list):
             assert [issue.field for issue in report.errors] == [None]
-            assert "top level must be a list" in report.errors[0].message
+            assert "expected a JSON list of records, got" in report.errors[0].message
         json.dumps(report.to_dict())
         format_report(report)
 
@@ -183,14 +183,19 @@ def test_files_with_the_same_name_keep_apart(tmp_path):
 
 
 def test_image_paths_follow_the_training_dataset_rule(tmp_path):
-    # A symlink inside the root may point outside it (Hugging Face snapshots); ``..`` may not leave it.
-    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshot"
-    blobs.mkdir()
+    # A symlink may lead out of the root only into its own Hugging Face blobs; ``..`` may not leave it.
+    repo = tmp_path / "datasets--org--scans"
+    blobs, snapshot = repo / "blobs", repo / "snapshots" / "5f1e"
+    blobs.mkdir(parents=True)
     (snapshot / "images").mkdir(parents=True)
     Image.new("RGB", (8, 8), (10, 20, 30)).save(blobs / "scan.png")
     (snapshot / "images" / "scan.png").symlink_to(blobs / "scan.png")
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "outside.png")
+    (snapshot / "images" / "out.png").symlink_to(tmp_path / "outside.png")
     path = snapshot / "data.json"
-    path.write_text(json.dumps([vqa("q1", "a1", image="images/scan.png"), vqa("q2", "a2", image="../blobs/scan.png")]))
+    path.write_text(json.dumps([vqa("q1", "a1", image="images/scan.png"), vqa("q2", "a2", image="../blobs/scan.png"),
+                                vqa("q3", "a3", image="images/out.png")]))
     report = validate_files([str(path)], progress=False)
-    assert [(issue.record, issue.field) for issue in report.errors] == [(1, "image")]
+    assert [(issue.record, issue.field) for issue in report.errors] == [(1, "image"), (2, "image")]
     assert "escapes the image directory" in report.errors[0].message
+    assert f"is a symlink to {tmp_path / 'outside.png'}, outside the image directory" in report.errors[1].message

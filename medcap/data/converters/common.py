@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from medcap.data.converters.instructions import caption_instructions
-from medcap.data.schema import ANSWER_TYPES, check_record, GPT, HUMAN
+from medcap.data.schema import is_json_lines, ANSWER_TYPES, check_record, GPT, HUMAN
 from medcap.data.schema import normalize_answer_type as _normalize_answer_type
 
 log = logging.getLogger(__name__)
@@ -95,13 +95,21 @@ class DatasetFormatError(ValueError):
 
 
 def read_json(path: str) -> Any:
-    """Reads a JSON file; a missing or unparsable file raises with the path in the message."""
+    """Reads a UTF-8 JSON file (a byte-order mark is allowed); a missing or unparsable file raises
+    with the path in the message, a JSON Lines file naming ``--dataset plm``."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"file '{path}' does not exist")
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        with open(path, "r", encoding="utf-8-sig") as f:
+            text = f.read()
+        return json.loads(text)
+    except UnicodeDecodeError as err:
+        raise DatasetFormatError(f"not valid UTF-8 JSON ({err})", file=path) from None
+    except json.JSONDecodeError as err:
+        if err.msg == "Extra data" and is_json_lines(text):
+            raise DatasetFormatError(
+                "this is JSON Lines (one record a line, e.g. the Perception-LM format), not a JSON list: "
+                "read it with --dataset plm", file=path) from None
         raise DatasetFormatError(f"not valid UTF-8 JSON ({err})", file=path) from None
 
 
@@ -119,7 +127,7 @@ def read_jsonl(path: str) -> list:
         raise FileNotFoundError(f"file '{path}' does not exist")
     records = []
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, "r", encoding="utf-8-sig") as f:
             for line_number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue

@@ -62,7 +62,7 @@ def read_csv_rows(path: str, required_columns: Iterable[str]) -> list:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"file '{path}' does not exist")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise DatasetFormatError(f"not a readable CSV ({err})", file=path) from None
     for column in required_columns:

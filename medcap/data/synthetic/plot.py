@@ -30,7 +30,7 @@ def save_sample_grid(
     params_path = Path(data_dir) / "params.json"
     if not params_path.is_file():
         raise FileNotFoundError(f"{params_path} not found: run make_synthetic_vqa first")
-    with open(params_path, encoding="utf-8") as f:
+    with open(params_path, encoding="utf-8-sig") as f:
         images = json.load(f)["images"]
     label_height = 14
     grid = Image.new("L", (cols * tile_size, rows * (tile_size + label_height)), 255)

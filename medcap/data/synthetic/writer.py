@@ -59,7 +59,7 @@ def _read_manifest(output_dir: Path) -> Optional[Dict[str, Any]]:
     path = output_dir / "manifest.json"
     if not path.is_file():
         return None
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         return json.load(f)
 
 
