@@ -28,7 +28,7 @@ import time
 import warnings
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 if __package__ in (None, ""):  # `python recipes/x.py` / torchrun: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

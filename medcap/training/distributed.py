@@ -20,7 +20,7 @@
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -252,9 +252,3 @@ def gather_objects(value: Any) -> List[Any]:
     dist.all_gather_object(found, value)
     return found
 
-
-def first_rank_only(is_rank_zero: bool, write: Callable[[], Any]) -> Any:
-    """Run ``write`` on rank 0, then wait for it on every rank."""
-    result = write() if is_rank_zero else None
-    dist.barrier()
-    return result

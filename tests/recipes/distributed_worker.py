@@ -28,7 +28,7 @@ TRAIN_CONFIG = REPO_ROOT / "recipes/configs/medcap/tiny_distributed_cpu.yaml"
 GENERATE_CONFIG = REPO_ROOT / "recipes/configs/medcap/generate_tiny_cpu.yaml"
 # the scenarios' settings, also read by the test for the single-device references
 PLAIN = ["batch_size=1", "gradient_accumulation_steps=2", "max_steps_per_epoch=null"]  # 2 x 1 x 2 = 4 samples a step
-GROUPED = ["batch_size=2", "group_by_length=True"]  # 2 x 2 = 4 samples a step
+GROUPED = ["batch_size=2", "group_by_length=True", "enable_activation_checkpointing=True"]  # 2 x 2 = 4 samples a step
 PATCH = ["model.vision_tower.output=patch", "model.projector._component_=medcap.models.mlp_projector",
          "model.projector.in_dim=64", "~model.projector.num_tokens"]  # the tower's head.proj never gets a gradient
 # one optimizer per parameter; no scheduler: the single-device recipe cannot save a scheduler patched by torchtune's

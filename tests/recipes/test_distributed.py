@@ -80,6 +80,40 @@ def _max_abs_diff(a, b) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
+@pytest.mark.parametrize("group_by_length", [False, True])
+def test_ranks_take_exactly_the_samples_of_the_single_device_step(group_by_length):
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from medcap.data import build_sampler
+    from medcap.data.rank_sampler import RankSliceSampler
+
+    class Lengths:  # what the samplers read of a dataset
+        lengths = [(7 * i) % 11 for i in range(22)]
+
+        def __len__(self):
+            return 22
+
+    dataset = Lengths()
+    single = build_sampler(dataset, 8, shuffle=True, group_by_length=group_by_length, seed=3)
+    single.set_epoch(1)
+    steps = [batch.tolist() for batch in DataLoader(list(range(22)), batch_size=8, sampler=single)]
+    ranks = []
+    for rank in (0, 1):
+        sampler = RankSliceSampler(build_sampler(dataset, 8, shuffle=True, group_by_length=group_by_length, seed=3), 4, 2, rank)
+        sampler.set_epoch(1)
+        ranks.append([batch.tolist() for batch in DataLoader(list(range(22)), batch_size=4, sampler=sampler)])
+        assert len(sampler) == sum(len(batch) for batch in ranks[-1])
+    assert [sorted(a + b) for a, b in zip(*ranks)] == [sorted(step) for step in steps]  # 8, 8, then 6 = 3 + 3
+    assert [len(batch) for batch in ranks[1]] == [4, 4, 3]
+    if not group_by_length:  # no uneven tail: torch's DistributedSampler order
+        torch_sampler = DistributedSampler(list(range(16)), num_replicas=2, rank=1, shuffle=True, seed=3)
+        ours = RankSliceSampler(DistributedSampler(list(range(16)), num_replicas=1, rank=0, shuffle=True, seed=3), 4, 2, 1)
+        assert list(ours) == list(torch_sampler)
+    assert len(RankSliceSampler(range(23), 4, 2, 1)) == 11  # the last 7: 4 + 3
+    with pytest.raises(ValueError, match=r"17 samples .* leave 1 sample\(s\) for the last step, so rank 1 and above"):
+        RankSliceSampler(range(17), 4, 2, 0)
+
+
 def test_config_keys_are_the_single_device_recipe_s():
     single = load_script("recipes/full_finetune_single_device.py").CONFIG_KEYS
     assert load_script("recipes/full_finetune_distributed.py").CONFIG_KEYS == single
