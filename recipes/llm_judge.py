@@ -7,9 +7,11 @@ Launch (from the repository root)::
     python recipes/llm_judge.py --config recipes/configs/medcap/judge_llama3_70B.yaml \\
         predictions=PATH.csv output=PATH.csv mode=choice
 
-The output CSV is resumable: run the same command again after an interruption. Prints one JSON
-summary (counts, unparsable replies apart, accuracies); bad input exits with status 1 and a
-message naming the file and column. See docs/judge_report.md.
+The output CSV is resumable: run the same command again after an interruption (even ``kill -9``):
+finished rows are not judged again and the final CSV equals an uninterrupted run's. Prints one
+JSON summary (counts, unparsable replies apart, accuracies); bad input, an output that belongs to
+other predictions, or a full disk exit with status 1 and a message naming the file (and the
+column or the bytes needed). See docs/judge_report.md.
 """
 
 import json
@@ -32,6 +34,7 @@ from medcap.generation.judge import ChatJudge
 from medcap.generation.judge_csv import judge_csv, read_predictions
 from medcap.generation.judge_quantize import quantize_linear_4bit
 from medcap.models import MedcapModel, text_only_model
+from medcap.utils.atomic import WriteError
 
 log = logging.getLogger("medcap")
 REQUIRED_KEYS = ("predictions", "output", "decoder", "checkpointer", "tokenizer")
@@ -129,7 +132,7 @@ def recipe_main(cfg: DictConfig) -> int:
         recipe = LLMJudgeRecipe(cfg)
         recipe.setup(cfg)
         recipe.run()
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, WriteError) as error:  # WriteError: a full disk, an unwritable folder
         print(f"error: {error}", file=sys.stderr)
         return 1
     recipe.cleanup()

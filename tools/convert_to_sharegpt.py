@@ -21,6 +21,7 @@ from medcap.data import converters  # noqa: E402
 from medcap.data.converters.common import EMPTY_RESPONSE_POLICIES, select_splits  # noqa: E402
 from medcap.utils.atomic import atomic_write_json, atomic_write_jsonl  # noqa: E402
 
+SPLITS = ("train", "val", "test", "all")  # the names a '{split}' output can take
 DATASETS = ("vqarad", "slake", "rocov2", "pmcoa", "llava", "plm", "csv", "hf", "sharegpt")
 SPLIT_SOURCES = {
     "vqarad": converters.vqarad.SPLITS,
@@ -104,8 +105,35 @@ def load_records(args: argparse.Namespace) -> list:
     return converters.convert_hf(args.input, split=split, columns=columns, options=options)
 
 
-def write_records(records: list, output: str, to: str, indent: int) -> list:
-    """Writes records (atomically) in the ``to`` format; returns ``(path, count)`` pairs."""
+def refuse_overwriting_input(source: str, output: str) -> None:
+    """Refuses an output that would replace the input: the input file itself (also through a
+    link), or, for a dataset folder, any existing file inside it (the release stays as it was).
+
+    ``{split}`` outputs are checked for every split name.
+
+    Raises:
+        ValueError: naming the output and the input.
+    """
+    candidates = {output.format(split=split) for split in SPLITS} if "{split}" in output else {output}
+    real_source = os.path.realpath(source)
+    for target in sorted(candidates):
+        if not os.path.exists(target):
+            continue
+        if os.path.isfile(source) and (os.path.samefile(target, source) or os.path.realpath(target) == real_source):
+            raise ValueError(f"--output {target} is the input file {source}: converting would overwrite the input; "
+                             "choose another output file")
+        if os.path.isdir(source) and os.path.commonpath([real_source, os.path.realpath(target)]) == real_source:
+            raise ValueError(f"--output {target} is a file of the input dataset folder {source}: converting would "
+                             "overwrite it; write outside the dataset folder")
+
+
+def write_records(records: list, output: str, to: str, indent: int, source: str = "") -> list:
+    """Writes records (atomically) in the ``to`` format; returns ``(path, count)`` pairs.
+
+    Raises:
+        ValueError: an output that is the input (see :func:`refuse_overwriting_input`).
+        WriteError: a full disk or an unwritable folder (naming the output; nothing partial is left).
+    """
     if "{split}" in output:
         groups = {}
         for record in records:
@@ -113,6 +141,9 @@ def write_records(records: list, output: str, to: str, indent: int) -> list:
         targets = [(output.format(split=split), group) for split, group in groups.items()]
     else:
         targets = [(output, records)]
+    for path, _ in targets:
+        if source:
+            refuse_overwriting_input(source, path)
     for path, group in targets:
         if to == "plm":
             atomic_write_jsonl(path, converters.to_plm(group))
@@ -126,9 +157,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
+        refuse_overwriting_input(args.input, args.output)  # before reading: a mistake costs nothing
         records = load_records(args)
-        written = write_records(records, args.output, args.to, args.indent)
-    except (converters.DatasetFormatError, FileNotFoundError, ValueError, ImportError) as err:
+        written = write_records(records, args.output, args.to, args.indent, source=args.input)
+    except (converters.DatasetFormatError, ValueError, ImportError, OSError) as err:  # OSError: WriteError, a missing file
         print(f"error: {err}", file=sys.stderr)
         return 2
     counts = Counter(record.get("split", "-") for record in records)

@@ -12,12 +12,15 @@ Row ``i`` of the input CSV (counted from 0 after the header) is ``row_id`` ``i``
 The output CSV is appended to and flushed after every batch; a later run skips the row_ids it
 already holds, so a killed run resumes where it stopped. A record cut short by a kill (the last
 one, without its line end) is dropped on resume and judged again. Replies that do not parse are
-kept with an empty ``judgement`` and counted as unparsable; they never stop the run.
+kept with an empty ``judgement`` and counted as unparsable; they never stop the run. An output
+whose judged rows are not the input's (other predictions) is refused, and a full disk cuts the
+output back to its last whole batch and stops with a message naming it.
 
 The judge model is anything with the :class:`Judge` interface (torch-free here), e.g.
 :class:`medcap.generation.judge.ChatJudge`.
 """
 
+import contextlib
 import csv
 import io
 import os
@@ -39,7 +42,8 @@ from medcap.metrics.judge import (
     summarise_choices,
     summarise_judgements,
 )
-from medcap.utils.atomic import atomic_write
+from medcap.metrics.predictions import read_text_csv
+from medcap.utils.atomic import atomic_write, free_bytes, storage_errno, STORAGE_ERRORS, WriteError
 
 REQUIRED_COLUMNS = {
     "right_wrong": ("question", "prediction", "reference"),
@@ -76,8 +80,8 @@ def read_predictions(path: Path, mode: str) -> pd.DataFrame:
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: for an unknown mode, an empty file, no data rows or a missing column (naming the
-            file and the column).
+        ValueError: for an unknown mode, an empty, binary or malformed file, no data rows or a
+            missing column (naming the file and the column).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -85,10 +89,7 @@ def read_predictions(path: Path, mode: str) -> pd.DataFrame:
     required = REQUIRED_COLUMNS[mode]
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such predictions file")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except pd.errors.EmptyDataError:
-        raise ValueError(f"{path}: empty file, expected a header with columns {', '.join(required)}") from None
+    frame = read_text_csv(path)  # binary, non-UTF-8, broken quotes, ragged rows: named errors
     for column in required:
         if column not in frame.columns:
             raise ValueError(
@@ -153,16 +154,46 @@ def read_judged(output_path: Path, mode: str) -> pd.DataFrame:
 
 
 def _append_rows(output_path: Path, columns: Sequence[str], rows: List[Dict[str, Any]], write_header: bool) -> None:
-    """Append whole records with one write, then flush and fsync (appending is what makes resuming work)."""
+    """Append whole records with one write, then flush and fsync (appending is what makes resuming work).
+
+    A write that fails (a full disk, a quota) is undone: the file is cut back to its size before
+    the batch, so it keeps only whole rows, and :class:`~medcap.utils.atomic.WriteError` names it.
+    """
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
     if write_header:
         writer.writeheader()
     writer.writerows(rows)
-    with open(output_path, "a", encoding="utf-8", newline="") as handle:
-        handle.write(buffer.getvalue())
-        handle.flush()
-        os.fsync(handle.fileno())
+    data = buffer.getvalue().encode("utf-8")
+    existed = output_path.is_file()
+    size_before = output_path.stat().st_size if existed else 0
+    try:
+        with open(output_path, "ab") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        number = storage_errno(error)
+        if number is None:
+            raise
+        with contextlib.suppress(OSError):
+            os.truncate(output_path, size_before)
+        raise WriteError(output_path, STORAGE_ERRORS.get(number, str(error)), error_number=number,
+                         bytes_needed=len(data), bytes_free=free_bytes(output_path.parent), existed=existed,
+                         detail=f"while appending {len(rows)} judged rows") from error
+
+
+def _check_same_rows(judged: pd.DataFrame, frame: pd.DataFrame, mode: str, input_path: Path, output_path: Path) -> None:
+    """An output resumed against other predictions would mix two runs: its judged rows must be the input's."""
+    for column in ("question", "prediction"):
+        for row_id, value in zip(judged["row_id"], judged[column]):
+            row = int(row_id)
+            if row >= len(frame) or frame[column].iloc[row] != value:
+                found = "no such row" if row >= len(frame) else repr(frame[column].iloc[row])[:60]
+                raise ValueError(
+                    f"{output_path}: row_id {row} was judged for {column} {value[:60]!r} but {input_path} has "
+                    f"{found}: the output belongs to other predictions; use a new output file"
+                )
 
 
 def _judged_row(mode: str, row_id: int, record: pd.Series, reply: str, input_path: Path) -> Dict[str, Any]:
@@ -234,6 +265,7 @@ def judge_csv(
     frame = read_predictions(input_path, mode)
     prompts = build_prompts(frame, mode, input_path)
     judged = read_judged(output_path, mode)
+    _check_same_rows(judged, frame, mode, input_path, output_path)
     done: Set[int] = {int(value) for value in judged["row_id"]}
     pending = [row_id for row_id in range(len(frame)) if row_id not in done]
     todo = pending if max_rows is None else pending[:max_rows]

@@ -7,7 +7,10 @@ matched by id when both tables have unique ids). Only VQA rows (answer type CLOS
 scored here; captioning metrics are corpus-level and get no interval.
 """
 
+import csv
+import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
@@ -30,26 +33,73 @@ from medcap.metrics.vqa import is_binary_key, normalize_answer, vqa_row_scores
 PREDICTION_COLUMNS = ("question", "reference", "prediction", "answer_type")
 
 
+def read_text_csv(path, required: Sequence[str] = ()) -> pd.DataFrame:
+    """A CSV table with every cell as text ("None", "NA" stay answers), strictly read.
+
+    UTF-8 with or without a byte-order mark. Every record must have the header's number of fields
+    (pandas would silently shift a row with extra fields into an index).
+
+    Args:
+        path: the CSV file.
+        required (Sequence[str]): columns that must be present.
+
+    Returns:
+        pd.DataFrame: the table (str cells; possibly no rows).
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: naming the file (and the line): an empty or binary file, a broken quote, a row
+            with the wrong number of fields, a repeated or missing column.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise ValueError(f"{path}: a binary file (it holds NUL bytes), not a CSV table")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start}); "
+                         "expected a UTF-8 CSV table") from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        rows = list(reader)
+    except csv.Error as error:
+        raise ValueError(f"{path}: line {reader.line_num}: not a readable CSV ({error})") from None
+    if not rows or rows == [[]]:
+        raise ValueError(f"{path}: empty file, expected a header with columns {', '.join(required)}")
+    header, records = rows[0], [row for row in rows[1:] if row]  # blank lines are no records
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{path}: the header names column {repeated[0]!r} more than once")
+    for number, row in enumerate(records, start=1):
+        if len(row) != len(header):
+            raise ValueError(f"{path}: row {number} (data rows counted from 1 after the header) has "
+                             f"{len(row)} fields, the header {len(header)} ({', '.join(header)}); quote cells "
+                             "holding commas")
+    for column in required:
+        if column not in header:
+            raise ValueError(
+                f"{path}: missing column {column!r} (found: {', '.join(map(str, header))}; "
+                f"required: {', '.join(required)})"
+            )
+    return pd.DataFrame(records, columns=header, dtype=str)
+
+
 def read_predictions_csv(path) -> pd.DataFrame:
     """A predictions CSV, every cell as text ("None", "NA" are answers); the required columns checked.
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        ValueError: on an empty file or a missing column (naming the file and the column).
+        ValueError: on an empty, binary or malformed file, a missing column (naming the file and the
+            column), or a header without data rows ("no rows").
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except pd.errors.EmptyDataError:
-        raise ValueError(f"{path}: empty file, expected a header with columns {', '.join(PREDICTION_COLUMNS)}")
-    for column in PREDICTION_COLUMNS:
-        if column not in frame.columns:
-            raise ValueError(
-                f"{path}: missing column {column!r} (found: {', '.join(map(str, frame.columns))}; "
-                f"required: {', '.join(PREDICTION_COLUMNS)})"
-            )
+    frame = read_text_csv(path, PREDICTION_COLUMNS)
+    if len(frame) == 0:
+        raise ValueError(f"{path}: no rows to score (the file holds only the header)")
     return frame
+
 
 # per-row 0/1 metrics outside vqa.py (McNemar applies)
 EXTRA_BINARY_METRICS = frozenset({"well_formed"})

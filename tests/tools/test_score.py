@@ -98,12 +98,11 @@ def test_none_and_na_are_text(tmp_path):
     assert scores["llava_med_closed_accuracy"] is None
 
 
-def test_empty_csv_gives_nulls(tmp_path):
-    result = run_score(write(tmp_path, "question,reference,prediction,answer_type\n"))
-    assert result.returncode == 0, result.stderr
-    scores = json.loads(result.stdout)
-    for key in REQUIRED_KEYS:
-        assert key in scores and scores[key] is None
+def test_header_only_csv_says_there_are_no_rows(tmp_path):
+    path = write(tmp_path, "question,reference,prediction,answer_type\n")
+    result = run_score(path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == f"error: {path}: no rows to score (the file holds only the header)\n"
 
 
 def test_missing_column_names_file_and_column(tmp_path):
@@ -228,3 +227,30 @@ def test_by_question_type_counts_every_value(tmp_path):
     assert [(row["question_type"], row["n"]) for row in rows] == [
         ("", "1"), ("COUNT", "1"), ("ORGAN", "1"), ("POS", "1"), ("PRES", "2"), ("(all)", "6")]
     assert rows[-1]["llava_med_open_recall"] == "91.67"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x00\x01\x02\xff\xfe\x00binary", "a binary file (it holds NUL bytes), not a CSV table"),
+    (b"question,reference\n\xff\xfeq,a\n", "not UTF-8 text (byte 0xff at offset 19); expected a UTF-8 CSV table"),
+    (b'question,reference,prediction,answer_type\n"unterminated,x,y,OPEN\n',
+     "line 2: not a readable CSV (unexpected end of data)"),
+    (b"question,reference,prediction,answer_type\nq,a,b,OPEN,extra,extra\n",
+     "row 1 (data rows counted from 1 after the header) has 6 fields, the header 4 "
+     "(question, reference, prediction, answer_type); quote cells holding commas"),
+    (b"question,question,reference,prediction,answer_type\nq,q,a,b,OPEN\n",
+     "the header names column 'question' more than once"),
+])
+def test_malformed_or_binary_csv_names_the_file(tmp_path, content, message):
+    path = tmp_path / "predictions.csv"
+    path.write_bytes(content)
+    result = run_score(path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == f"error: {path}: {message}\n"
+
+
+def test_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "predictions.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + CSV_TEXT.encode())
+    result = run_score(path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["closed_accuracy"] == 33.33
