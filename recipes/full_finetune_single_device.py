@@ -5,9 +5,12 @@ Launch (from the repository root)::
     PYTHONPATH=. tune run recipes/full_finetune_single_device.py --config recipes/configs/medcap/tiny_cpu.yaml
     python recipes/full_finetune_single_device.py --config recipes/configs/medcap/tiny_cpu.yaml epochs=1
 
-The decoder is loaded with a torchtune checkpointer and stays frozen. After every epoch the image
+The decoder is loaded with a torchtune checkpointer and stays frozen (in full precision, or
+quantized while it loads with ``model.decoder_quantization=nf4|int8``). After every epoch the image
 encoder (tower + projector) is saved as ``output_dir/epoch_{n}/image_encoder.safetensors`` with
-the recipe state beside it; ``resume_from_checkpoint=True`` continues from the last epoch exactly.
+the recipe state beside it (and, with ``model.decoder_lora`` and a ``*decoder_lora`` trainable set,
+the decoder adapters as ``adapter_model.safetensors`` + ``adapter_config.json``, PEFT layout);
+``resume_from_checkpoint=True`` continues from the last epoch exactly.
 """
 
 import logging
@@ -32,10 +35,15 @@ from torchtune.config._utils import _get_component_from_path
 from tqdm import tqdm
 
 from medcap import config as medcap_config
-from medcap.checkpoint import atomic_write, load_image_encoder_weights, load_recipe_state, save_image_encoder, save_recipe_state
+from medcap.checkpoint import (
+    atomic_write, load_decoder_adapters, load_image_encoder_weights, load_recipe_state, save_decoder_adapters, save_image_encoder,
+    save_recipe_state,
+)
 from medcap.checkpoint.decoder import load_frozen_decoder
 from medcap.data import build_sampler, check_transform_fits_model
 from medcap.models import set_train_mode, set_trainable
+from medcap.models.quantize import decoder_weight_bytes, quantization_of
+from medcap.models.trainable import DECODER_LORA_GROUP, split_decoder_lora
 from medcap.training import optimizer_param_groups
 
 log = logging.getLogger("medcap")
@@ -63,7 +71,8 @@ class FullFinetuneRecipeSingleDevice:
     honoured together), ``gradient_accumulation_steps``, ``num_workers``, ``optimizer_in_bwd``,
     ``clip_grad_norm`` (null: no clipping; the gradient norm is logged either way),
     ``enable_activation_checkpointing``, ``trainable`` (projector / encoder_and_projector /
-    last_k_blocks with ``trainable_last_k_blocks``), ``vision_checkpoint``, ``resume_from_checkpoint``,
+    last_k_blocks with ``trainable_last_k_blocks``; with ``model.decoder_lora``: decoder_lora /
+    projector_and_decoder_lora / encoder_projector_and_decoder_lora), ``vision_checkpoint``, ``resume_from_checkpoint``,
     ``log_every_n_steps``, ``log_peak_memory_stats``, ``output_dir``. Unknown keys are refused.
     The progress bar shows on a terminal; ``MEDCAP_PROGRESS=1`` shows it in a log file too.
     """
@@ -95,6 +104,7 @@ class FullFinetuneRecipeSingleDevice:
         self._metric_logger.log_config(cfg)
         state = self._latest_state() if self._resume_from_checkpoint else None
 
+        self._decoder_source = str(cfg.checkpointer.get("checkpoint_dir", ""))
         self._model = self._setup_model(cfg, state_dir=state["_dir"] if state else None)
         transform = medcap_config.instantiate(cfg.model_transform, num_image_tokens=self._model.num_image_tokens)
         check_transform_fits_model(transform, self._model)
@@ -133,12 +143,19 @@ class FullFinetuneRecipeSingleDevice:
     def _setup_model(self, cfg: DictConfig, state_dir: Optional[Path]) -> torch.nn.Module:
         with training.set_default_dtype(self._dtype), self._device:
             model = medcap_config.instantiate(cfg.model)
-        load_frozen_decoder(cfg.checkpointer, model.decoder)
+        load_frozen_decoder(cfg.checkpointer, model.decoder)  # quantized / adapted as the model node asks
+        quantization = quantization_of(model.decoder)
+        log.info("Frozen decoder (%s): %s", quantization.method if quantization else "full precision",
+                 {kind: f"{nbytes / 2**20:.1f} MiB" for kind, nbytes in decoder_weight_bytes(model.decoder).items()})
         vision_checkpoint = state_dir or cfg.get("vision_checkpoint", None)
         if vision_checkpoint:
             load_image_encoder_weights(Path(vision_checkpoint), model.image_encoder)
             log.info("Image encoder initialised from %s", vision_checkpoint)
-        self._trainable_names = set_trainable(model, cfg.get("trainable", "encoder_and_projector"), cfg.get("trainable_last_k_blocks", None))
+            if state_dir or (Path(vision_checkpoint).is_dir() and (Path(vision_checkpoint) / "adapter_model.safetensors").is_file()):
+                if load_decoder_adapters(Path(vision_checkpoint), model.decoder):
+                    log.info("Decoder adapters initialised from %s", vision_checkpoint)
+        self._trainable_mode = cfg.get("trainable", "encoder_and_projector")
+        self._trainable_names = set_trainable(model, self._trainable_mode, cfg.get("trainable_last_k_blocks", None))
         if cfg.get("enable_activation_checkpointing", False):
             training.set_activation_checkpointing(model.decoder, auto_wrap_policy={modules.TransformerSelfAttentionLayer})
         model.to(device=self._device, dtype=self._dtype)
@@ -150,7 +167,13 @@ class FullFinetuneRecipeSingleDevice:
     def _setup_optimizer(self, cfg_optimizer: DictConfig, cfg_groups: Optional[DictConfig]) -> None:
         named = dict(self._model.named_parameters())
         groups = OmegaConf.to_container(cfg_groups, resolve=True) if cfg_groups else {}
-        param_groups = optimizer_param_groups(named, self._trainable_names, groups)
+        image_names, lora_names = split_decoder_lora(self._trainable_names)
+        lora_overrides = groups.pop(DECODER_LORA_GROUP, {})
+        param_groups = optimizer_param_groups(named, image_names, groups)
+        if lora_names:  # the decoder adapters: one more group (optimizer_groups.decoder_lora overrides it)
+            param_groups.append({"params": [named[n] for n in lora_names], "name": DECODER_LORA_GROUP, **lora_overrides})
+        elif lora_overrides:
+            raise ValueError(f"optimizer_groups.{DECODER_LORA_GROUP} given but trainable={self._trainable_mode!r} trains no decoder adapter")
         if self._optimizer_in_bwd:
             if groups and self._cfg_has_scheduler:
                 raise ValueError(
@@ -204,6 +227,7 @@ class FullFinetuneRecipeSingleDevice:
         """Save the image encoder and the recipe state of a finished epoch (atomic writes)."""
         epoch_dir = self._output_dir / f"epoch_{epoch}"
         save_image_encoder(self._model.image_encoder, epoch_dir, metadata={"epoch": str(epoch), "format": "medcap"})
+        save_decoder_adapters(self._model.decoder, epoch_dir, base_model=self._decoder_source)  # no-op without decoder_lora
         optimizer_state = self._optim_wrapper.state_dict() if self._optimizer_in_bwd else self._optimizer.state_dict()
         save_recipe_state(
             {

@@ -45,7 +45,7 @@ from torchtune import config, training, utils
 from tqdm import tqdm
 
 from medcap import config as medcap_config
-from medcap.checkpoint import IMAGE_ENCODER_FILE, atomic_write, load_image_encoder_weights
+from medcap.checkpoint import IMAGE_ENCODER_FILE, atomic_write, load_decoder_adapters, load_image_encoder_weights
 from medcap.checkpoint.decoder import load_frozen_decoder
 from medcap.data import check_transform_fits_model, load_image, load_records
 from medcap.generation import answer_form_rates, describe_then_answer_prompt, direct_prompt, generate, score_predictions
@@ -149,6 +149,7 @@ class GenerationRecipe:
             self._model.image_encoder.load_state_dict(self._base_state)
         else:
             load_image_encoder_weights(path, self._model.image_encoder)
+        load_decoder_adapters(path, self._model.decoder)  # decoder LoRA (a no-op without); base: adapters zeroed
 
     def _build_dataset(self, cfg: DictConfig):
         """The test set: the configured evaluation dataset component (the training data path)."""
