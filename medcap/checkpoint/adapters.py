@@ -137,3 +137,32 @@ def load_decoder_adapters(path: Optional[Path], decoder: nn.Module) -> bool:
         for name, value in state.items():
             params[name].copy_(value)
     return True
+
+
+def merged_decoder_state(base_state: Dict[str, torch.Tensor], adapter_dir: Path, decoder: nn.Module) -> Dict[str, torch.Tensor]:
+    """Full decoder weights with a checkpoint's adapters merged in: ``W + alpha / r * B A`` (torchtune's
+    ``get_merged_lora_ckpt``), in the base's dtype.
+
+    Args:
+        base_state (Dict[str, torch.Tensor]): the full-precision base (torchtune format); consumed.
+        adapter_dir (Path): an ``epoch_{n}`` directory with ``adapter_model.safetensors``.
+        decoder (nn.Module): the run's decoder with its adapters inserted (any device, meta too):
+            gives the names, shapes, rank and alpha.
+
+    Returns:
+        Dict[str, torch.Tensor]: torchtune-format weights without any ``lora_*`` key.
+    """
+    from torchtune.modules.peft import get_merged_lora_ckpt
+
+    lora = lora_of(decoder)
+    if lora is None:
+        raise ValueError("the run's model has no decoder_lora: nothing to merge")
+    weights = Path(adapter_dir) / ADAPTER_WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"no adapters to merge: {weights} does not exist")
+    adapters = _peft_to_tune(load_file(os.fspath(weights)), decoder, weights)
+    dtypes = {k: v.dtype for k, v in base_state.items()}
+    state = {k: v.float() for k, v in base_state.items()}
+    state.update({k: v.float() for k, v in adapters.items()})
+    merged = get_merged_lora_ckpt(state, rank=lora.rank, alpha=lora.alpha)
+    return {k: v.to(dtypes[k]) for k, v in merged.items()}

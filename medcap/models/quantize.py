@@ -216,7 +216,7 @@ def quantized_weight_bytes(out_dim: int, in_dim: int, method: Optional[str], dty
 
     ``nf4``: 4 bits a weight, an int8 scaler per block of 64, an fp32 factor per 256 scalers and
     torchao's per-tensor scaler mean (fp32) and 16-entry NF4 table (``dtype_bytes``); ``int8``: one
-    byte a weight plus a scale and a zero point per row (``dtype_bytes`` each); None: ``dtype_bytes`` a weight.
+    byte a weight plus a scale (``dtype_bytes``) and an int64 zero point per row; None: ``dtype_bytes`` a weight.
 
     Args:
         out_dim (int): rows.
@@ -231,7 +231,7 @@ def quantized_weight_bytes(out_dim: int, in_dim: int, method: Optional[str], dty
     if method is None:
         return numel * dtype_bytes
     if method == "int8":
-        return numel + out_dim * 2 * dtype_bytes
+        return numel + out_dim * (dtype_bytes + 8)
     if method == "nf4":
         blocks = numel // NF4_BLOCK_SIZE
         scaler_block = nf4_block_sizes(out_dim, in_dim)["scaler_block_size"]
