@@ -10,6 +10,7 @@ TIFF) gives its first frame; a tiny image (even 1x1) is upscaled by the transfor
 for the transform).
 """
 
+import re
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -67,6 +68,13 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Tuple[
             return _to_rgb(image), frames
     except ImageLoadError:
         raise
+    except PIL.Image.DecompressionBombError as error:  # PIL refuses > 2x its bound before our header check
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{int(pixels.group(1))} pixels" if pixels else "more pixels than PIL opens"
+        raise ImageLoadError(
+            f"image too large: {size} exceeds max_image_pixels={min(max_pixels, 2 * PIL.Image.MAX_IMAGE_PIXELS)} "
+            f"(possible decompression bomb): {path}"
+        ) from None
     except MemoryError:
         raise ImageLoadError(f"cannot decode image {path}: out of memory while decoding") from None
     except Exception as error:  # PIL's plugins raise OSError, ValueError, SyntaxError, struct.error, EOFError ...
