@@ -287,3 +287,21 @@ def test_fuzz_image_bytes(data, suffix):
             return
         event("loads as RGB")
         assert image.mode == "RGB" and image.size[0] * image.size[1] <= MAX_PIXELS
+
+
+@pytest.mark.parametrize("error", [IndexError("tile index out of range"), struct.error("unpack requires 4 bytes"),
+                                   EOFError(), MemoryError()])
+def test_any_decoder_exception_is_an_image_load_error(tmp_path, monkeypatch, error):
+    # the image fuzz met an IndexError raised inside PIL; every exception type reads the same way
+    import PIL.ImageFile
+
+    PIL.Image.new("L", (4, 4)).save(tmp_path / "a.png")
+
+    def broken_load(self):
+        raise error
+
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", broken_load)
+    with pytest.raises(ImageLoadError) as caught:
+        load_image(tmp_path / "a.png")
+    reason = "out of memory while decoding" if isinstance(error, MemoryError) else f"{type(error).__name__}: {error}"
+    assert str(caught.value) == f"cannot decode image {tmp_path / 'a.png'}: {reason}"
