@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchtune import config, training, utils
 
 from medcap import config as medcap_config
-from medcap.checkpoint.decoder import load_decoder_state
+from medcap.checkpoint.decoder import load_decoder_state, load_decoder_weights
 from medcap.generation.judge import ChatJudge
 from medcap.generation.judge_csv import judge_csv, read_predictions
 from medcap.generation.judge_quantize import quantize_linear_4bit
@@ -41,7 +41,7 @@ REQUIRED_KEYS = ("predictions", "output", "decoder", "checkpointer", "tokenizer"
 # every top-level key this recipe reads (others are refused: a typo must not be silently ignored)
 CONFIG_KEYS = (
     *REQUIRED_KEYS, "mode", "batch_size", "max_rows", "max_new_tokens", "system_prompt", "score_candidates", "progress",
-    "device", "dtype", "quantize_4bit", "quant_type", "seed", "num_threads",
+    "device", "dtype", "quantize_4bit", "quant_type", "decoder_quantization", "seed", "num_threads",
 )
 
 
@@ -53,7 +53,8 @@ class LLMJudgeRecipe:
     ``predictions`` and ``output`` (CSV paths); ``mode`` (``right_wrong`` | ``choice``),
     ``batch_size``, ``max_rows`` (new rows per run), ``max_new_tokens``, ``system_prompt``,
     ``score_candidates`` (the likeliest allowed reply instead of generating), ``progress``;
-    ``device``, ``dtype``, ``quantize_4bit`` with ``quant_type``, ``seed``, ``num_threads``.
+    ``device``, ``dtype``, ``quantize_4bit`` with ``quant_type``, ``decoder_quantization`` (``nf4`` |
+    ``int8``: quantized layer by layer while loading, as the training decoder), ``seed``, ``num_threads``.
 
     Raises:
         ValueError: an unknown or unset key, or bad predictions (checked before the model loads).
@@ -93,6 +94,11 @@ class LLMJudgeRecipe:
         """
         with training.set_default_dtype(self._dtype), torch.device("meta"):
             decoder = medcap_config.instantiate(cfg.decoder)
+        if cfg.get("decoder_quantization", None):  # the training decoder's loader: quantized module by module
+            model = text_only_model(decoder, decoder_quantization=cfg.decoder_quantization)
+            load_decoder_weights(model.decoder, load_decoder_state(cfg.checkpointer), device=self._device)
+            model.decoder.eval().requires_grad_(False)
+            return model
         state_dict = load_decoder_state(cfg.checkpointer)
         decoder.load_state_dict(state_dict, assign=True)
         del state_dict

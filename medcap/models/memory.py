@@ -121,11 +121,12 @@ def plan_memory(
     method = quantization.method if quantization else None
     trainable = set(trainable_names)
     plan = MemoryPlan(gpu_memory=gpu_memory)
+    if gpus > 1 and method == "int8":
+        plan.notes.append("int8 (torchao AffineQuantizedTensor) weights under FSDP2 are not tested; nf4 is (torchtune's QLoRA recipes)")
 
     # frozen decoder weights, by storage
     frozen: Dict[str, int] = {}
     quantized_modules = {f"decoder.{n}": m for n, m in decoder.named_modules() if method and is_quantized_target(n, m)}
-    largest_layer = 0
     for name, param in _unique_params(model):
         if name in trainable:
             continue
@@ -145,13 +146,12 @@ def plan_memory(
             for n, m in decoder.layers[0].named_modules()
         )
         plan.rows["all-gathered decoder layers (FSDP2, x2 prefetch)"] = 2 * layer_bytes
-        largest_layer = layer_bytes
 
     named = dict(model.named_parameters())
     trainable_numel = sum(named[n].numel() for n in trainable_names)
     plan.rows["trainable weights"] = trainable_numel * B // gpus
     if optimizer_in_bwd:
-        plan.rows["gradients (in-backward: largest parameter)"] = max((named[n].numel() for n in trainable_names), default=0) * B
+        plan.rows["gradients (in-backward: largest parameter)"] = max((named[n].numel() for n in trainable_names), default=0) * B // gpus
     else:
         plan.rows["gradients"] = trainable_numel * B // gpus
     adamw = 2 * trainable_numel * B // gpus
@@ -197,7 +197,6 @@ def plan_memory(
         plan.rows["(alt) activations (decoder) with checkpointing"] = int(alt * calibration)
     else:
         plan.rows["(alt) activations (decoder) without checkpointing"] = int((layers * tokens * per_layer_token + head + transient) * calibration)
-    del largest_layer
     return plan
 
 

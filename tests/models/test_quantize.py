@@ -44,7 +44,7 @@ def _tiny_decoder(tiny_assets, method):
     return decoder.requires_grad_(False).eval()
 
 
-@pytest.mark.parametrize("method, layer_type", [("nf4", "FrozenNF4Linear"), ("int8", "Linear")])
+@pytest.mark.parametrize("method, layer_type", [("nf4", "FrozenNF4Linear"), ("int8", "FrozenInt8Linear")])
 def test_every_layer_linear_is_quantized_and_nothing_else(tiny_assets, method, layer_type):
     decoder = _tiny_decoder(tiny_assets, method)
     expected = {f"layers.{i}.{name}" for i in range(TINY_DECODER["num_layers"]) for name in LAYER_LINEARS}
@@ -70,6 +70,24 @@ def test_quantized_bytes_formula_matches_the_tensors(tiny_assets, method):
     assert measured[method] == expected
     full = sum(p.numel() * 4 for n, p in _tiny_state(tiny_assets).items())
     assert measured["float32"] + expected < full
+
+
+@pytest.mark.parametrize("method", ["nf4", "int8"])
+def test_backward_keeps_only_the_quantized_weight(method):
+    """No full-precision copy of a frozen weight is saved for backward (torchao's own int8 F.linear saves one)."""
+    from medcap.models.quantize import quantized_linear
+
+    weight = torch.randn(128, 64, generator=torch.Generator().manual_seed(0))
+    layer = quantized_linear(weight, None, method, torch.device("cpu"), torch.float32)
+    x = torch.randn(3, 64, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = layer(x)
+    assert [type(t).__name__ for t in saved] == [type(layer.weight).__name__]  # NF4Tensor / AffineQuantizedTensor
+    out.pow(2).sum().backward()
+    reference = x.detach().clone().requires_grad_(True)
+    (reference @ weight.t()).pow(2).sum().backward()
+    assert torch.nn.functional.cosine_similarity(x.grad.flatten(), reference.grad.flatten(), dim=0) > (0.99 if method == "nf4" else 0.9999)
 
 
 def test_loading_consumes_the_state_dict_and_frees_each_full_precision_tensor(tiny_assets):
