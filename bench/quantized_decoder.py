@@ -6,14 +6,15 @@ Usage::
         [--config recipes/configs/medcap/smollm2_135M_synthetic_cpu.yaml] [--variants fp32 nf4 int8 bnb_nf4 bnb_int8] \\
         [--batch-size 4] [--seq-len 64] [--steps 4] [llm_dir=...]
 
-Each variant runs in a fresh process (allocations >= 64 KiB mmapped, so the resident set follows the live
-tensors): the demo config's model (small CNN tower + MLP projector, trainable) with the frozen
+Memory: each variant in a fresh process (allocations >= 64 KiB mmapped, so the resident set follows the
+live tensors). Time: all variants loaded in one more process, one step of each per round, the order
+alternating (ABC, CBA, ...), medians over ``--steps`` rounds. The model: the demo config's (small CNN tower + MLP projector, trainable) with the frozen
 SmolLM2-135M loaded as ``decoder_quantization`` says (``bnb_nf4`` / ``bnb_int8``: bitsandbytes
 ``Linear4bit`` / ``Linear8bitLt(threshold=6)``, the measured alternatives), a fixed batch of
 ``batch x seq_len`` tokens (the last quarter labelled) and 64 px images, the recipe's step (forward,
 label-position loss, backward, AdamW, zero grads). Reported: decoder weight bytes, resident memory after a
-warm-up step, the peak above it during the next step, the median step time of ``--steps`` more, the loss of
-the first step (vs fp32) and each ratio to fp32. Variants run in the order given, one after another.
+warm-up step, the peak above it during the next step, the median step time and its ratio to fp32, the loss
+of the first step, the load (quantization) time.
 """
 
 import argparse
@@ -36,10 +37,8 @@ def _status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def run_variant(config: str, variant: str, batch_size: int, seq_len: int, steps: int, overrides) -> dict:
-    import ctypes
-    import gc
-
+def build_variant(config: str, variant: str, batch_size: int, seq_len: int, overrides):
+    """The model with its decoder loaded as ``variant``, and its training step (returns the step's mean loss)."""
     import torch
     from omegaconf import OmegaConf
 
@@ -77,21 +76,40 @@ def run_variant(config: str, variant: str, batch_size: int, seq_len: int, steps:
         optimizer.zero_grad(set_to_none=True)
         return loss.item() / count
 
-    first_loss = step()
+    info = {"variant": variant, "decoder_weight_bytes": sum(decoder_weight_bytes(model.decoder).values()), "load_seconds": load_seconds}
+    return step, info
+
+
+def measure_memory(config: str, variant: str, batch_size: int, seq_len: int, overrides) -> dict:
+    """Resident memory after a warm-up step and the peak above it during the next (a fresh process)."""
+    import ctypes
+    import gc
+
+    step, info = build_variant(config, variant, batch_size, seq_len, overrides)
+    info["first_loss"] = step()
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     resident = _status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
     step()
-    step_peak = _status_kib("VmHWM") - resident
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return {"variant": variant, "decoder_weight_bytes": sum(decoder_weight_bytes(model.decoder).values()),
-            "resident_bytes": resident * 1024, "step_peak_bytes": step_peak * 1024, "step_seconds": statistics.median(times),
-            "first_loss": first_loss, "load_seconds": load_seconds}
+    info.update(resident_bytes=resident * 1024, step_peak_bytes=(_status_kib("VmHWM") - resident) * 1024)
+    return info
+
+
+def time_interleaved(config: str, variants, batch_size: int, seq_len: int, rounds: int, overrides) -> dict:
+    """Median step seconds of each variant, all loaded in one process, timed in alternating rounds."""
+    steps = {}
+    for variant in variants:
+        steps[variant], _ = build_variant(config, variant, batch_size, seq_len, overrides)
+        steps[variant]()  # warm-up
+    times = {variant: [] for variant in variants}
+    for index in range(rounds):
+        order = variants if index % 2 == 0 else list(reversed(variants))  # ABC, CBA, ...
+        for variant in order:
+            t0 = time.perf_counter()
+            steps[variant]()
+            times[variant].append(time.perf_counter() - t0)
+    return {variant: statistics.median(values) for variant, values in times.items()}
 
 
 def main() -> int:
@@ -100,22 +118,30 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=["fp32", "nf4", "int8", "bnb_nf4", "bnb_int8"])
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=6, help="timed rounds (each variant once per round, alternating order)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="config key=value overrides (e.g. llm_dir=...)")
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(run_variant(args.config, args.child, args.batch_size, args.seq_len, args.steps, args.overrides)))
+    if args.child == "__time__":
+        print(json.dumps(time_interleaved(args.config, args.variants, args.batch_size, args.seq_len, args.steps, args.overrides)))
         return 0
+    if args.child:
+        print(json.dumps(measure_memory(args.config, args.child, args.batch_size, args.seq_len, args.overrides)))
+        return 0
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONPATH=str(ROOT))
+    common = ["--config", args.config, "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--steps", str(args.steps)]
     results = []
     for variant in args.variants:
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONPATH=str(ROOT))
-        out = subprocess.run([sys.executable, __file__, "--config", args.config, "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
-                              "--steps", str(args.steps), "--child", variant, *args.overrides], capture_output=True, text=True, env=env, cwd=ROOT)
+        out = subprocess.run([sys.executable, __file__, *common, "--child", variant, *args.overrides], capture_output=True, text=True, env=env, cwd=ROOT)
         if out.returncode:
             print(f"{variant}: failed\n{out.stderr[-1500:]}", file=sys.stderr)
-            continue
+            return 1
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    out = subprocess.run([sys.executable, __file__, *common, "--variants", *args.variants, "--child", "__time__", *args.overrides],
+                         capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+    seconds = json.loads(out.stdout.strip().splitlines()[-1])
+    for r in results:
+        r["step_seconds"] = seconds[r["variant"]]
     base = next((r for r in results if r["variant"] == "fp32"), results[0])
     mib = 2**20
     print(f"SmolLM2-135M frozen decoder, batch {args.batch_size} x {args.seq_len} tokens, CPU, 1 thread")

@@ -10,7 +10,8 @@ from a run's ``config.yaml``, and inserted by the decoder loader once the base w
 ``lora_b`` starts at zero, so a freshly adapted decoder computes exactly the base decoder's function.
 Target names are torchtune's: ``q_proj``, ``k_proj``, ``v_proj``, ``output_proj`` (attention) and
 ``w1``, ``w2``, ``w3`` (SwiGLU MLP). An NF4 base gives QLoRA (``LoRALinear(quantize_base=True)``, as
-torchtune's QLoRA builders); an int8 (bitsandbytes) base is refused.
+torchtune's QLoRA builders); an int8 base works too (its matmul keeps a dequantized weight for
+backward inside ``LoRALinear``: prefer nf4 for QLoRA); bitsandbytes bases are refused.
 """
 
 import re
@@ -100,8 +101,8 @@ def apply_decoder_lora(decoder: nn.Module, lora: DecoderLoRA) -> List[str]:
         if not match or match.group(3) not in lora.target_modules or isinstance(module, LoRALinear):
             continue
         weight = module.weight
-        if not isinstance(module, nn.Linear) or type(weight).__name__ == "Int8Params":
-            raise ValueError(f"decoder_lora: {name} is a {type(module).__name__}; LoRA needs a full-precision or nf4 base")
+        if not isinstance(module, nn.Linear) or type(weight).__name__ in ("Int8Params", "Params4bit"):
+            raise ValueError(f"decoder_lora: {name} is a bitsandbytes {type(module).__name__}; LoRA needs a full-precision, nf4 or int8 base")
         is_nf4 = isinstance(weight, NF4Tensor)  # a Parameter of a tensor subclass keeps the subclass
         nf4_kwargs = nf4_block_sizes(module.out_features, module.in_features) if is_nf4 else {}
         with torch.device("meta"):

@@ -15,7 +15,9 @@ Why these (measured on SmolLM2-135M, ``tests/models/test_quantize.py``, ``bench/
 bitsandbytes' ``Linear4bit`` holds the same NF4 format (identical error) but is not a torchtune /
 FSDP2 ``Parameter`` type that ``LoRALinear`` wraps; bitsandbytes' ``Linear8bitLt`` (LLM.int8) also
 quantizes the activations and moved the image-token gradient much more (cosine 0.89-0.93 vs 0.99 for
-weight-only int8). Both stay available as ``bnb_nf4`` / ``bnb_int8`` for the bench.
+weight-only int8). Both are available as ``bnb_nf4`` / ``bnb_int8``: on CPU bitsandbytes' NF4 step
+is faster (1.25x fp32 against torchao's 2.7x at SmolLM2 size, ``bench/quantized_decoder.py``) at the same
+accuracy, so the CPU configs may prefer it; it takes no decoder LoRA and is not sharded by FSDP2.
 
 The token embeddings, the norms and the LM head (``output``) are never quantized, nor anything of the
 image side. The weights are quantized while they load (:func:`load_quantized_decoder`): the decoder is
@@ -31,7 +33,7 @@ from typing import Dict, MutableMapping, Optional
 import torch
 from torch import nn
 
-DECODER_QUANTIZATIONS = ("nf4", "int8")
+DECODER_QUANTIZATIONS = ("nf4", "int8", "bnb_nf4", "bnb_int8")
 QUANTIZATION_ATTR = "medcap_quantization"  # set on a decoder that must be loaded quantized
 NF4_BLOCK_SIZE = 64  # torchao / QLoRA defaults
 NF4_SCALER_BLOCK_SIZE = 256  # at most: see nf4_block_sizes
@@ -146,7 +148,7 @@ def quantized_linear(weight: torch.Tensor, bias: Optional[torch.Tensor], method:
         layer.weight = nn.Parameter(weight.to(device=device, dtype=dtype), requires_grad=False)
         quantize_(layer, Int8WeightOnlyConfig(), filter_fn=lambda module, name: True)  # int8 rows + a scale per row
         layer.weight.requires_grad_(False)
-    elif method in ("bnb_nf4", "bnb_int8"):  # the measured alternatives (bench/quantized_decoder.py)
+    elif method in ("bnb_nf4", "bnb_int8"):  # bitsandbytes Linear4bit (nf4, no double quantisation) / LLM.int8
         import bitsandbytes as bnb
 
         if method == "bnb_nf4":
@@ -261,6 +263,11 @@ def quantized_weight_bytes(out_dim: int, in_dim: int, method: Optional[str], dty
         return numel * dtype_bytes
     if method == "int8":
         return numel + out_dim * (dtype_bytes + 8)
+    if method == "bnb_nf4":  # packed 4-bit, a uint8 absmax per block of 64, an fp32 absmax per 256 of those (double quant)
+        blocks = numel // NF4_BLOCK_SIZE
+        return numel // 2 + blocks + math.ceil(blocks / 256) * 4
+    if method == "bnb_int8":
+        return numel + out_dim * 4  # int8 + an fp32 absmax (SCB) per row
     if method == "nf4":
         blocks = numel // NF4_BLOCK_SIZE
         scaler_block = nf4_block_sizes(out_dim, in_dim)["scaler_block_size"]
@@ -292,4 +299,11 @@ def _storage_of(param: torch.Tensor):
     if hasattr(param, "tensor_impl"):  # torchao AffineQuantizedTensor (int8 weight-only)
         names, _ = param.tensor_impl.__tensor_flatten__()
         return "int8", sum(getattr(param.tensor_impl, n).numel() * getattr(param.tensor_impl, n).element_size() for n in names)
+    kind = type(param).__name__
+    if kind == "Params4bit":
+        state = param.quant_state
+        parts = [state.absmax] + ([state.state2.absmax] if state.nested else [])
+        return "bnb_nf4", param.numel() * param.element_size() + sum(t.numel() * t.element_size() for t in parts)
+    if kind == "Int8Params":
+        return "bnb_int8", param.numel() + param.SCB.numel() * param.SCB.element_size()
     return str(param.dtype).replace("torch.", ""), param.numel() * param.element_size()

@@ -66,6 +66,11 @@ def test_fresh_adapters_compute_the_base_model_and_train(tiny_assets, method):
     assert all(p.grad is None for n, p in adapted.named_parameters() if "lora" not in n)
 
 
+def test_lora_refuses_a_bitsandbytes_base(tiny_assets):
+    with pytest.raises(ValueError, match=r"layers\.0\.attn\.q_proj is a bitsandbytes Linear4bit"):
+        _model(tiny_assets, "bnb_nf4", lora=True)
+
+
 def test_lora_on_an_int8_base_trains_the_adapters(tiny_assets):
     model, _ = _model(tiny_assets, "int8", lora=True)
     set_trainable(model, "decoder_lora")

@@ -44,12 +44,12 @@ def _tiny_decoder(tiny_assets, method):
     return decoder.requires_grad_(False).eval()
 
 
-@pytest.mark.parametrize("method, layer_type", [("nf4", "FrozenNF4Linear"), ("int8", "FrozenInt8Linear")])
+@pytest.mark.parametrize("method, layer_type", [("nf4", "FrozenNF4Linear"), ("int8", "FrozenInt8Linear"), ("bnb_nf4", "Linear4bit"), ("bnb_int8", "Linear8bitLt")])
 def test_every_layer_linear_is_quantized_and_nothing_else(tiny_assets, method, layer_type):
     decoder = _tiny_decoder(tiny_assets, method)
     expected = {f"layers.{i}.{name}" for i in range(TINY_DECODER["num_layers"]) for name in LAYER_LINEARS}
     weights = {name: module.weight for name, module in decoder.named_modules() if isinstance(module, nn.Linear)}
-    quantized = {name for name, w in weights.items() if type(w) is not nn.Parameter}  # NF4Tensor / AffineQuantizedTensor
+    quantized = {name for name, w in weights.items() if type(w) is not nn.Parameter}  # NF4Tensor / AffineQuantizedTensor / bnb
     assert quantized == expected
     assert {type(decoder.get_submodule(name)).__name__ for name in expected} == {layer_type}
     # embeddings, norms and the LM head stay float32; nothing of the decoder trains
@@ -59,7 +59,7 @@ def test_every_layer_linear_is_quantized_and_nothing_else(tiny_assets, method, l
     assert not [n for n, t in list(decoder.named_parameters()) + list(decoder.named_buffers()) if t.device.type == "meta"]
 
 
-@pytest.mark.parametrize("method", ["nf4", "int8"])
+@pytest.mark.parametrize("method", ["nf4", "int8", "bnb_nf4", "bnb_int8"])
 def test_quantized_bytes_formula_matches_the_tensors(tiny_assets, method):
     decoder = _tiny_decoder(tiny_assets, method)
     expected = sum(
