@@ -2,8 +2,6 @@
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -101,13 +99,13 @@ def test_generate_with_adapters_equals_the_model_that_trained_them(tiny_assets, 
         assert all(m.lora_b.weight.abs().sum() == 0 for n, m in rebuilt.decoder.named_modules() if n.endswith(("q_proj", "w2")))
 
 
-def test_merged_weights_give_the_logits_of_base_plus_adapter(tiny_assets, fp_run, tmp_path):
+def test_merged_weights_give_the_logits_of_base_plus_adapter(tiny_assets, fp_run, tmp_path, capsys):
     output_dir, recipe = fp_run
     merged_dir = tmp_path / "merged"
-    result = subprocess.run([sys.executable, "tools/merge_lora.py", str(output_dir / "epoch_1"), "--output", str(merged_dir)],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    tool = load_script("tools/merge_lora.py")
+    assert tool.main([str(output_dir / "epoch_1"), "--output", str(merged_dir)]) == 0
+    stdout = capsys.readouterr().out
+    summary = json.loads(stdout[stdout.index("{"):])
     checkpointer = OmegaConf.load(merged_dir / "checkpointer.yaml")
     assert summary["checkpointer"]["checkpoint_files"] == list(checkpointer.checkpoint_files) and (merged_dir / checkpointer.checkpoint_files[0]).is_file()
     from torchtune.models.llama3 import llama3
@@ -124,7 +122,16 @@ def test_merged_weights_give_the_logits_of_base_plus_adapter(tiny_assets, fp_run
     tokens, images = _batch(tiny_assets, adapted)
     with torch.no_grad():
         torch.testing.assert_close(plain.lm_head(plain(tokens, images=images)), adapted.lm_head(adapted(tokens, images=images)), rtol=1e-5, atol=1e-5)
-    # a run without adapters has nothing to merge
-    result = subprocess.run([sys.executable, "tools/merge_lora.py", str(output_dir / "epoch_1"), "--output", str(merged_dir)],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0 and "exists and is not empty" in result.stderr
+    with pytest.raises(SystemExit, match="exists and is not empty"):  # never writes over a folder
+        tool.main([str(output_dir / "epoch_1"), "--output", str(merged_dir)])
+
+
+def test_merge_refuses_a_run_without_adapters(tiny_assets, tmp_path):
+    from helpers import load_script as load
+
+    run = tmp_path / "run"
+    (run / "epoch_0").mkdir(parents=True)
+    cfg = OmegaConf.merge(OmegaConf.load(CONFIG), OmegaConf.from_dotlist([f"assets_dir={tiny_assets['root']}"]))
+    OmegaConf.save(cfg, run / "config.yaml")
+    with pytest.raises(SystemExit, match="model.decoder_lora is not set"):
+        load("tools/merge_lora.py").main([str(run / "epoch_0"), "--output", str(tmp_path / "out")])
