@@ -231,6 +231,34 @@ def load_quantized_decoder(
     return replaced
 
 
+def quantized_structure_on_meta(decoder: nn.Module) -> int:
+    """For the FSDP2 recipe: swap the layer linears of a meta-device nf4 decoder for meta
+    ``FrozenNF4Linear`` modules *before* sharding, so that torchtune's
+    ``training.load_from_full_model_state_dict`` quantizes each full tensor into its NF4 shard (as
+    torchtune's QLoRA distributed recipe loads). Only ``nf4`` composes with FSDP2 this way.
+
+    Returns:
+        int: the number of swapped layers.
+    """
+    from torchtune.modules.low_precision import FrozenNF4Linear
+
+    quantization = quantization_of(decoder)
+    if quantization is None:
+        return 0
+    if quantization.method != "nf4":
+        raise ValueError(f"decoder_quantization={quantization.method!r} is not supported under FSDP2; use nf4")
+    swapped = 0
+    for name, module in list(decoder.named_modules()):
+        if is_quantized_target(name, module):
+            kwargs = nf4_block_sizes(module.out_features, module.in_features)
+            layer = FrozenNF4Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                                    device="meta", dtype=quantization.dtype, **kwargs)
+            parent, _, attribute = name.rpartition(".")
+            setattr(decoder.get_submodule(parent), attribute, layer)
+            swapped += 1
+    return swapped
+
+
 def rebuild_non_persistent_buffers(decoder: nn.Module, device: torch.device) -> None:
     """Rebuild what no checkpoint holds (RoPE caches) on ``device`` after a meta-device build."""
     for module in decoder.modules():

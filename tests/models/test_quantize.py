@@ -102,6 +102,21 @@ def test_loading_consumes_the_state_dict_and_frees_each_full_precision_tensor(ti
     assert state == {} and all(ref() is None for ref in watched)  # no full-precision copy kept anywhere
 
 
+def test_meta_structure_for_fsdp2_swaps_exactly_the_layer_linears():
+    from torchtune.models.llama3 import llama3
+    from torchtune.modules.low_precision import FrozenNF4Linear
+
+    from medcap.models.quantize import quantized_structure_on_meta
+
+    decoder = prepare_decoder(llama3(**TINY_DECODER), "nf4")
+    assert quantized_structure_on_meta(decoder) == 2 * 7
+    swapped = {n for n, m in decoder.named_modules() if isinstance(m, FrozenNF4Linear)}
+    assert swapped == {f"layers.{i}.{name}" for i in range(2) for name in LAYER_LINEARS}
+    assert all(p.is_meta for p in decoder.parameters())
+    with pytest.raises(ValueError, match="not supported under FSDP2; use nf4"):
+        quantized_structure_on_meta(prepare_decoder(llama3(**TINY_DECODER), "int8"))
+
+
 def test_a_checkpoint_that_does_not_fit_names_the_keys(tiny_assets):
     from torchtune.models.llama3 import llama3
 
