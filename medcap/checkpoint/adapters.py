@@ -40,13 +40,17 @@ def decoder_adapter_state(decoder: nn.Module) -> Dict[str, torch.Tensor]:
     return {name: params[name].detach() for name in adapter_names(decoder)}
 
 
-def save_decoder_adapters(decoder: nn.Module, directory: Path, base_model: Optional[str] = None) -> Optional[Path]:
+def save_decoder_adapters(
+    decoder: nn.Module, directory: Path, base_model: Optional[str] = None, state: Optional[Dict[str, torch.Tensor]] = None
+) -> Optional[Path]:
     """Write the decoder's adapters (PEFT layout) into ``directory``; nothing for a decoder without LoRA.
 
     Args:
         decoder (nn.Module): the adapted decoder.
         directory (Path): e.g. ``output_dir/epoch_3``.
         base_model (Optional[str]): recorded as ``base_model_name_or_path`` (the decoder's checkpoint dir).
+        state (Optional[Dict[str, torch.Tensor]]): the adapters' full tensors in torchtune names, when the
+            decoder's own are shards (FSDP2: gather them first); default: the decoder's parameters.
 
     Returns:
         Optional[Path]: the weights file, or None when the decoder has no adapters.
@@ -56,7 +60,7 @@ def save_decoder_adapters(decoder: nn.Module, directory: Path, base_model: Optio
     lora = lora_of(decoder)
     if lora is None:
         return None
-    state = {k: v.contiguous().cpu() for k, v in decoder_adapter_state(decoder).items()}
+    state = {k: v.contiguous().cpu() for k, v in (state if state is not None else decoder_adapter_state(decoder)).items()}
     peft_state = tune_to_peft_adapter_weights(state, **_head_dims(decoder))
     config = tune_to_peft_adapter_config(
         {"r": lora.rank, "lora_alpha": lora.alpha, "target_modules": list(lora.target_modules)}, base_model_name_or_path=base_model
